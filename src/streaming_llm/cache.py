@@ -1,0 +1,172 @@
+"""BoundedCache: a ``transformers.Cache`` whose layers keep a bounded set of KV slots.
+
+Each :class:`BoundedLayer` stores keys/values ``(B, H_kv, T, D)`` exactly as the model produced
+them (keys rotated at their absolute positions) plus the original position of every slot. On
+``update()`` it appends the new chunk, returns what this step's attention needs, then asks its
+policy which slots to keep, so the budget holds after every update.
+
+Contract with transformers (see ``cache_utils.DynamicSlidingWindowLayer``):
+
+- ``get_seq_length()`` is the number of tokens *seen*: ``generate()`` slices its inputs with it
+  and the model derives query positions from it.
+- ``get_mask_sizes(q)`` describes the slots ``update()`` will return: ``m + q`` slots whose
+  first one the mask treats as position ``P - m`` (``P`` tokens seen, ``m`` slots stored), so
+  every stored slot is visible and the new chunk is causal within itself.
+- With position shift, slot ``j`` is presented at position ``P - m + j`` (StreamingLLM's
+  in-cache distances); keys that already sit there (a contiguous recent window) are not touched,
+  so the re-rotation costs only the sinks.
+
+A chunk of ``q`` tokens attends to the ``m`` stored slots and to itself; eviction happens after
+the chunk, so chunked processing sees up to ``q - 1`` more tokens than token-by-token.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .policies.base import LayerPolicy, SlotView
+from .positions import PositionStrategy
+
+#: bytes of the per-slot position metadata (int64), counted in ``cache_bytes()``.
+_POSITION_BYTES = 8
+
+
+class BoundedLayer(CacheLayerMixin):
+    """One decoder layer's bounded KV storage, delegating the choice of slots to a policy."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, policy: LayerPolicy, position_strategy: PositionStrategy | None = None):
+        super().__init__()
+        self.policy = policy
+        self.position_strategy = position_strategy
+        self.seen_tokens = 0
+        self.positions = torch.empty(0, dtype=torch.long)  # CPU, original position of each slot
+
+    # -- transformers protocol -------------------------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        if key_states.shape[0] != 1:
+            raise ValueError(
+                f"BoundedCache supports batch size 1 only (got batch size {key_states.shape[0]}): "
+                "slot selection and positions are tracked per stream. Run one stream per cache."
+            )
+        self.dtype, self.device = key_states.dtype, key_states.device
+        shape = (*key_states.shape[:2], 0, key_states.shape[-1])
+        self.keys = key_states.new_empty(shape)
+        self.values = value_states.new_empty((*value_states.shape[:2], 0, value_states.shape[-1]))
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        elif key_states.shape[0] != self.keys.shape[0]:
+            raise ValueError(
+                f"batch size changed from {self.keys.shape[0]} to {key_states.shape[0]}; call reset() first"
+            )
+        stored, start, q = self.num_slots, self.seen_tokens, key_states.shape[-2]
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        self.positions = torch.cat([self.positions, torch.arange(start, start + q)])
+        self.seen_tokens += q
+
+        keys_out = self._keys_for_attention(first_position=start - stored)
+        values_out = self.values
+
+        keep = self.policy.select(SlotView(self.positions, self.seen_tokens))
+        if keep is not None:
+            self._keep(keep)
+        return keys_out, values_out
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.num_slots + query_length, self.seen_tokens - self.num_slots
+
+    def get_seq_length(self) -> int:
+        return self.seen_tokens
+
+    def get_max_length(self) -> int:
+        bound = self.policy.max_slots()
+        return -1 if bound is None else bound
+
+    def reset(self) -> None:
+        self.keys = self.values = None
+        self.is_initialized = False
+        self.seen_tokens = 0
+        self.positions = torch.empty(0, dtype=torch.long)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("BoundedCache cannot be cropped: evicted tokens are gone")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("BoundedCache supports batch size 1 only (no beam search)")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if repeats != 1:
+            raise NotImplementedError("BoundedCache supports batch size 1 only (no beam search / num_return_sequences)")
+
+    # -- our own API -----------------------------------------------------------------------
+    @property
+    def num_slots(self) -> int:
+        return int(self.positions.shape[0])
+
+    def cache_bytes(self) -> int:
+        """Bytes held by this layer: K and V tensors plus the per-slot position metadata."""
+        if not self.is_initialized:
+            return 0
+        kv = self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+        return kv + self.num_slots * _POSITION_BYTES
+
+    def _keep(self, keep: torch.Tensor) -> None:
+        index = keep.to(self.keys.device)
+        self.keys = self.keys.index_select(-2, index)
+        self.values = self.values.index_select(-2, index)
+        self.positions = self.positions.index_select(0, keep)
+
+    def _keys_for_attention(self, first_position: int) -> torch.Tensor:
+        """Keys with slot ``j`` presented at position ``first_position + j`` (position shift)."""
+        if self.position_strategy is None:
+            return self.keys
+        target = torch.arange(first_position, first_position + self.num_slots)
+        delta = target - self.positions
+        moved = torch.nonzero(delta).flatten()
+        if moved.numel() == 0:
+            return self.keys
+        # Policies keep the shifted slots (sinks, compressed anchors) before a contiguous recent
+        # window, so rotating the prefix up to the last moved slot covers them all.
+        end = int(moved[-1]) + 1
+        shifted = self.position_strategy.shift_keys(self.keys[..., :end, :], delta[:end])
+        return torch.cat([shifted, self.keys[..., end:, :]], dim=-2)
+
+
+class BoundedCache(Cache):
+    """A ``transformers.Cache`` with one :class:`BoundedLayer` per decoder layer.
+
+    Build it with :func:`streaming_llm.make_cache` or an ``enable_*`` function; pass it as
+    ``past_key_values`` to ``model(...)`` or ``model.generate(...)``.
+    """
+
+    def __init__(self, layers: list[BoundedLayer], policy_name: str = "", config=None):
+        super().__init__(layers=layers)
+        self.policy_name = policy_name
+        self.config = config
+
+    def cache_tokens(self, layer_idx: int | None = None) -> int | list[int]:
+        """Slots stored in ``layer_idx``, or a list over layers when ``layer_idx`` is None."""
+        if layer_idx is not None:
+            return self.layers[layer_idx].num_slots
+        return [layer.num_slots for layer in self.layers]
+
+    def cache_bytes(self, layer_idx: int | None = None) -> int:
+        """Bytes held by ``layer_idx``, or by all layers together when ``layer_idx`` is None."""
+        if layer_idx is not None:
+            return self.layers[layer_idx].cache_bytes()
+        return sum(layer.cache_bytes() for layer in self.layers)
+
+    def max_slots(self) -> int | None:
+        """Per-layer slot budget after any update (``None`` = unbounded)."""
+        bounds = [layer.policy.max_slots() for layer in self.layers]
+        return None if any(b is None for b in bounds) else max(bounds)
+
+    def __repr__(self) -> str:
+        return f"BoundedCache(policy={self.policy_name!r}, layers={len(self.layers)}, config={self.config})"

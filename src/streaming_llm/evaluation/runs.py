@@ -1,0 +1,106 @@
+"""One perplexity run = one self-describing record (policy, params, data, metrics, versions)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..api import cache_from_config
+from ..policies import PolicyConfig, make_policy_config
+from .driver import stream
+
+#: Columns of the summary tables, in order.
+SUMMARY_COLUMNS = (
+    "policy", "params", "tokens", "ppl", "tok_per_s", "cache_tokens_max", "cache_bytes_max", "peak_rss_bytes"
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A policy with its parameters, e.g. from ``--policy streaming:recent_size=252``."""
+
+    policy: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "RunSpec":
+        """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE``."""
+        name, _, rest = text.partition(":")
+        params = []
+        for item in filter(None, rest.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--policy {text!r}: parameters must be KEY=VALUE, got {item!r}")
+            params.append((key.strip(), value.strip()))
+        return cls(name.strip(), tuple(params))
+
+    def with_params(self, extra: dict[str, Any]) -> "RunSpec":
+        merged = dict(extra)
+        merged.update(dict(self.params))  # inline parameters win over global --set ones
+        return RunSpec(self.policy, tuple(merged.items()))
+
+    def config(self) -> PolicyConfig:
+        return make_policy_config(self.policy, **dict(self.params))
+
+
+def library_versions() -> dict[str, str]:
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "streaming_llm": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_id(identity: dict[str, Any]) -> str:
+    """Stable id of a run from everything that defines it (not its results)."""
+    blob = json.dumps(identity, sort_keys=True, default=str).encode()
+    return f"{identity['policy']}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def run_identity(config: PolicyConfig, *, model: str, text: str, tokens: int, chunk_size: int, dtype: str,
+                 device: str) -> dict[str, Any]:
+    return {
+        "policy": config.name,
+        "params": config.to_dict(),
+        "model": model,
+        "text": text,
+        "tokens": tokens,
+        "chunk_size": chunk_size,
+        "dtype": dtype,
+        "device": device,
+    }
+
+
+def run_perplexity(model, token_ids: list[int], config: PolicyConfig, identity: dict[str, Any],
+                   progress: bool = True) -> dict[str, Any]:
+    """Stream ``token_ids`` with a fresh cache built from ``config``; returns the run record."""
+    cache = cache_from_config(model, config)
+    result = stream(model, cache, token_ids, chunk_size=identity["chunk_size"], progress=progress,
+                    description=config.name)
+    return {
+        **identity,
+        "id": run_id(identity),
+        "tokens": result.tokens + 1,
+        "predictions": result.tokens,
+        "ppl": result.ppl(),
+        "tok_per_s": result.tok_per_s,
+        "seconds": result.seconds,
+        "cache_tokens_max": max(result.cache_tokens),
+        "cache_bytes_max": max(result.cache_bytes),
+        "cache_budget_tokens": cache.max_slots(),
+        "peak_rss_bytes": result.peak_rss_bytes,
+        "peak_device_bytes": result.peak_device_bytes,
+        "versions": library_versions(),
+        "nll": result.nll,
+        "cache_tokens_per_step": result.cache_tokens,
+    }

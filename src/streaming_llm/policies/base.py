@@ -1,0 +1,171 @@
+"""The policy protocol: a validated config dataclass plus a per-layer selection rule.
+
+A *policy* decides, after every cache update, which stored slots of one decoder layer to keep.
+It sees a :class:`SlotView` (the slots' original positions and the tokens seen so far) and
+returns the indices to keep, or ``None`` to keep everything. Storage, positions and bytes are
+the cache layer's job (``streaming_llm.cache``); a policy only chooses.
+
+Adding a policy = one file with a ``PolicyConfig`` subclass and a ``LayerPolicy`` subclass,
+plus one line in ``streaming_llm.policies.REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """What a policy may look at when it selects slots of one layer.
+
+    Attributes
+    ----------
+    positions:
+        ``(T,)`` int64 CPU tensor, original (absolute) position of every stored slot, ascending.
+    seen_tokens:
+        Number of tokens the layer has seen so far (the stream position after this update).
+    """
+
+    positions: torch.Tensor
+    seen_tokens: int
+
+    @property
+    def num_slots(self) -> int:
+        return int(self.positions.shape[0])
+
+
+class LayerPolicy(ABC):
+    """Per-layer eviction rule. One instance per decoder layer, built fresh for every cache."""
+
+    #: Whether kept slots can stop being contiguous with the newest token, so that keys must
+    #: be re-rotated for StreamingLLM's in-cache distances (sinks do this; a pure window never).
+    needs_position_shift: ClassVar[bool] = False
+
+    @abstractmethod
+    def max_slots(self) -> int | None:
+        """Upper bound on stored slots after any update (``None`` = unbounded)."""
+
+    @abstractmethod
+    def select(self, view: SlotView) -> torch.Tensor | None:
+        """Indices (ascending, int64) of the slots to keep, or ``None`` to keep all."""
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _coerce(name: str, annotation: Any, value: Any) -> Any:
+    """Convert ``value`` (possibly a CLI string) to ``annotation``; raise a ValueError naming ``name``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        annotation = options[0]
+        origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ValueError(f"{name} must be a bool (true/false); got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(f"{name} must be an integer; got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{name} must be an integer; got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"{name} must be a number; got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number; got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string; got {value!r}")
+        return value
+    return value
+
+
+def check_int(name: str, value: int, minimum: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+@dataclass
+class PolicyConfig:
+    """Base of every policy config.
+
+    Subclasses are dataclasses whose fields are the policy's hyperparameters; ``validate()``
+    raises ``ValueError`` naming the parameter and its allowed values.
+    """
+
+    #: Re-rotate cached keys so attention distances are measured inside the cache
+    #: (StreamingLLM's position shift). Only matters for policies that keep non-contiguous slots.
+    enable_pos_shift: bool = True
+
+    name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            annotation = self._field_types()[field.name]
+            if typing.get_origin(annotation) is Literal:
+                _coerce(field.name, annotation, value)
+            elif annotation is bool and not isinstance(value, bool):
+                raise ValueError(f"{field.name} must be a bool; got {value!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check value ranges; subclasses extend this."""
+
+    @classmethod
+    def _field_types(cls) -> dict[str, Any]:
+        return typing.get_type_hints(cls)
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "PolicyConfig":
+        """Build from a dict of (possibly string) values; unknown names raise ``ValueError``."""
+        allowed = cls.parameter_names()
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {', '.join(unknown)} for policy {cls.name!r}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+        types_ = cls._field_types()
+        return cls(**{k: _coerce(k, types_[k], v) for k, v in params.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, Any]]:
+        """(name, type, default) of every parameter, for ``list_policies`` and the CLI help."""
+        types_ = cls._field_types()
+        return [(f.name, _type_name(types_[f.name]), f.default) for f in dataclasses.fields(cls)]
+
+    def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
+        raise NotImplementedError

@@ -1,0 +1,28 @@
+"""``full``: keep every token. The reference every bounded policy is measured against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .base import LayerPolicy, PolicyConfig, SlotView
+
+
+class KeepAll(LayerPolicy):
+    def max_slots(self) -> int | None:
+        return None
+
+    def select(self, view: SlotView) -> torch.Tensor | None:
+        return None
+
+
+@dataclass
+class FullConfig(PolicyConfig):
+    """Unbounded cache: logits equal transformers' ``DynamicCache``."""
+
+    name: ClassVar[str] = "full"
+
+    def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
+        return KeepAll()

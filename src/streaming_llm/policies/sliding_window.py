@@ -1,0 +1,47 @@
+"""``sliding_window``: keep the last ``window_size`` tokens (no attention sinks).
+
+The baseline StreamingLLM (Xiao et al. 2023, arXiv:2309.17453) shows collapsing once the first
+tokens leave the window. Kept slots are always contiguous with the newest token, so in-cache
+distances equal absolute distances and no key is ever re-rotated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .base import LayerPolicy, PolicyConfig, SlotView, check_int
+
+
+class KeepLast(LayerPolicy):
+    def __init__(self, window_size: int):
+        self.window_size = window_size
+
+    def max_slots(self) -> int | None:
+        return self.window_size
+
+    def select(self, view: SlotView) -> torch.Tensor | None:
+        if view.num_slots <= self.window_size:
+            return None
+        return torch.arange(view.num_slots - self.window_size, view.num_slots)
+
+
+@dataclass
+class SlidingWindowConfig(PolicyConfig):
+    """Parameters
+    ----------
+    window_size:
+        Tokens kept per layer (>= 1).
+    """
+
+    window_size: int = 2000
+
+    name: ClassVar[str] = "sliding_window"
+
+    def validate(self) -> None:
+        check_int("window_size", self.window_size, 1)
+
+    def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
+        return KeepLast(self.window_size)
