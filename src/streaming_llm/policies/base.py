@@ -63,6 +63,11 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+#: number types -> (Python types accepted as input, wording for errors). Floats are not accepted
+#: for ints: 2.5 tokens is a mistake, not something to round silently.
+_NUMBERS = {int: ((int, str), "an integer"), float: ((int, float, str), "a number")}
+
+
 def _coerce(name: str, annotation: Any, value: Any) -> Any:
     """Convert ``value`` (possibly a CLI string) to ``annotation``; raise a ValueError naming ``name``."""
     origin = typing.get_origin(annotation)
@@ -83,20 +88,14 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
         raise ValueError(f"{name} must be a bool (true/false); got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ValueError(f"{name} must be an integer; got {value!r}")
+    if annotation in _NUMBERS:
+        accepted, label = _NUMBERS[annotation]
         try:
-            return int(value)
+            if isinstance(value, bool) or not isinstance(value, accepted):
+                raise ValueError
+            return annotation(value)
         except ValueError:
-            raise ValueError(f"{name} must be an integer; got {value!r}") from None
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"{name} must be a number; got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"{name} must be a number; got {value!r}") from None
+            raise ValueError(f"{name} must be {label}; got {value!r}") from None
     if annotation is str:
         if not isinstance(value, str):
             raise ValueError(f"{name} must be a string; got {value!r}")
