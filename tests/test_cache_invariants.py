@@ -24,7 +24,7 @@ def _feed(layer: BoundedLayer, q: int) -> torch.Tensor:
     assert keys.shape[-2] == values.shape[-2] == kv_length == stored + q
     assert kv_offset == seen - stored
     assert layer.get_seq_length() == seen + q
-    return layer.positions
+    return layer.positions[0]
 
 
 @settings(max_examples=60, deadline=None)
@@ -72,7 +72,7 @@ def test_cache_tokens_and_bytes(tiny_llama, token_stream):
     num_layers, kv_heads = tiny_llama.config.num_hidden_layers, tiny_llama.config.num_key_value_heads
     head_dim = tiny_llama.config.hidden_size // tiny_llama.config.num_attention_heads
     assert cache.cache_tokens() == [32] * num_layers
-    per_layer = 2 * kv_heads * 32 * head_dim * 4 + 32 * 8  # K and V in fp32 + int64 position per slot
+    per_layer = 2 * kv_heads * 32 * head_dim * 4 + kv_heads * 32 * 8  # K and V in fp32 + int64 position per slot and head
     assert cache.cache_bytes(0) == per_layer
     assert cache.cache_bytes() == per_layer * num_layers
     assert cache.get_seq_length() == 64
@@ -118,7 +118,7 @@ def test_dynamic_sink_size():
     ("sliding_window", dict(window_size=0), "window_size must be an integer >= 1"),
     ("sliding_window", dict(recent_size=3), "unknown parameter.*recent_size.*allowed: .*window_size"),
     ("full", dict(enable_pos_shift=3), "enable_pos_shift must be a bool"),
-    ("h2o_typo", {}, "policy must be one of full, sliding_window, streaming"),
+    ("h2o_typo", {}, "policy must be one of full, h2o, sliding_window, streaming, tova"),
 ])
 def test_bad_parameters_raise_value_error(tiny_llama, policy, params, message):
     with pytest.raises(ValueError, match=message):
@@ -132,7 +132,9 @@ def test_string_values_are_coerced_like_the_cli():
 
 def test_every_policy_builds_with_defaults(tiny_llama):
     for name in list_policies():
-        assert make_cache(tiny_llama, name).policy_name == name
+        with make_cache(tiny_llama, name) as cache:
+            assert cache.policy_name == name
+    assert tiny_llama.config._attn_implementation == "sdpa"
 
 
 def test_unsupported_family_raises_clearly():

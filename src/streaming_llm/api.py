@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import attention
 from .cache import BoundedCache, BoundedLayer
 from .policies import PolicyConfig, make_policy_config
 from .positions import resolve_position_strategy
@@ -19,13 +20,20 @@ def _num_layers(model: torch.nn.Module) -> int:
 
 
 def cache_from_config(model: torch.nn.Module, config: PolicyConfig) -> BoundedCache:
-    """A fresh cache for ``model`` following an already validated policy ``config``."""
+    """A fresh cache for ``model`` following an already validated policy ``config``.
+
+    Policies that score slots by attention route the model's attention through the hook of
+    :mod:`streaming_llm.attention`; ``cache.disable()`` gives the model its own back.
+    """
     num_layers = _num_layers(model)
     layer_policies = [config.build_layer_policy(i, num_layers) for i in range(num_layers)]
     needs_shift = config.enable_pos_shift and any(p.needs_position_shift for p in layer_policies)
     strategy = resolve_position_strategy(model) if needs_shift else None
     layers = [BoundedLayer(policy, strategy) for policy in layer_policies]
-    return BoundedCache(layers, policy_name=config.name, config=config)
+    cache = BoundedCache(layers, policy_name=config.name, config=config)
+    if cache.needs_attention_hook:
+        cache.attach_hook(model)
+    return cache
 
 
 def make_cache(model: torch.nn.Module, policy: str = "streaming", **params) -> BoundedCache:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from . import attention
 from .policies.base import LayerPolicy, SlotView
 from .positions import PositionStrategy
 
@@ -43,7 +44,9 @@ class BoundedLayer(CacheLayerMixin):
         self.policy = policy
         self.position_strategy = position_strategy
         self.seen_tokens = 0
-        self.positions = torch.empty(0, dtype=torch.long)  # CPU, original position of each slot
+        self.positions = torch.empty(0, 0, dtype=torch.long)  # (H_kv, T) on CPU: original positions
+        self.returned_keys: torch.Tensor | None = None  # what the last update() gave attention
+        self._pending_view: SlotView | None = None  # set while an attention-scored step awaits its attention
 
     # -- transformers protocol -------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -53,9 +56,9 @@ class BoundedLayer(CacheLayerMixin):
                 "slot selection and positions are tracked per stream. Run one stream per cache."
             )
         self.dtype, self.device = key_states.dtype, key_states.device
-        shape = (*key_states.shape[:2], 0, key_states.shape[-1])
-        self.keys = key_states.new_empty(shape)
-        self.values = value_states.new_empty((*value_states.shape[:2], 0, value_states.shape[-1]))
+        self.keys = key_states[..., :0, :]
+        self.values = value_states[..., :0, :]
+        self.positions = torch.empty(key_states.shape[1], 0, dtype=torch.long)
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -65,19 +68,28 @@ class BoundedLayer(CacheLayerMixin):
             raise ValueError(
                 f"batch size changed from {self.keys.shape[0]} to {key_states.shape[0]}; call reset() first"
             )
+        if self._pending_view is not None:
+            raise RuntimeError(
+                "this cache's policy scores slots by attention, but the last step's attention never reached it: "
+                "the model is not using the streaming_llm attention hook. Build the cache with make_cache()/enable_*() "
+                "and do not change the model's attention implementation while using it."
+            )
         stored, start, q = self.num_slots, self.seen_tokens, key_states.shape[-2]
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
-        self.positions = torch.cat([self.positions, torch.arange(start, start + q)])
+        new_positions = torch.arange(start, start + q).expand(self.positions.shape[0], q)
+        self.positions = torch.cat([self.positions, new_positions], dim=-1)
         self.seen_tokens += q
 
-        keys_out = self._keys_for_attention(first_position=start - stored)
+        self.returned_keys = self._keys_for_attention(first_position=start - stored)
         values_out = self.values
-
-        keep = self.policy.select(SlotView(self.positions, self.seen_tokens))
-        if keep is not None:
-            self._keep(keep)
-        return keys_out, values_out
+        view = SlotView(self.positions, self.seen_tokens, q)
+        if self.policy.needs_attention:
+            self._pending_view = view  # selection happens in after_attention()
+        else:
+            self._keep(self.policy.select(view))
+        attention.offer(self)
+        return self.returned_keys, values_out
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.num_slots + query_length, self.seen_tokens - self.num_slots
@@ -90,10 +102,10 @@ class BoundedLayer(CacheLayerMixin):
         return -1 if bound is None else bound
 
     def reset(self) -> None:
-        self.keys = self.values = None
+        self.keys = self.values = self.returned_keys = self._pending_view = None
         self.is_initialized = False
         self.seen_tokens = 0
-        self.positions = torch.empty(0, dtype=torch.long)
+        self.positions = torch.empty(0, 0, dtype=torch.long)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("BoundedCache cannot be cropped: evicted tokens are gone")
@@ -105,37 +117,57 @@ class BoundedLayer(CacheLayerMixin):
         if repeats != 1:
             raise NotImplementedError("BoundedCache supports batch size 1 only (no beam search / num_return_sequences)")
 
+    # -- the attention hook's side ---------------------------------------------------------
+    def attention_bias(self) -> torch.Tensor | None:
+        """Logit bias ``(H_kv, n)`` for the slots the last update returned, or ``None``."""
+        return self.policy.logit_bias(SlotView(self.positions, self.seen_tokens))
+
+    def after_attention(self, probs: torch.Tensor) -> None:
+        """Called by the attention hook with this step's probabilities ``(B, H_q, q, n)``."""
+        view, self._pending_view = self._pending_view, None
+        if view is not None:
+            self._keep(self.policy.observe(probs, view))
+
     # -- our own API -----------------------------------------------------------------------
     @property
     def num_slots(self) -> int:
-        return int(self.positions.shape[0])
+        return int(self.positions.shape[-1])
 
     def cache_bytes(self) -> int:
         """Bytes held by this layer: K and V tensors plus the per-slot position metadata."""
         if not self.is_initialized:
             return 0
         kv = self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
-        return kv + self.num_slots * _POSITION_BYTES
+        return kv + self.positions.numel() * _POSITION_BYTES
 
-    def _keep(self, keep: torch.Tensor) -> None:
-        index = keep.to(self.keys.device)
-        self.keys = self.keys.index_select(-2, index)
-        self.values = self.values.index_select(-2, index)
-        self.positions = self.positions.index_select(0, keep)
+    def _keep(self, keep: torch.Tensor | None) -> None:
+        """Keep slots ``keep``: ``(T',)`` in every head, or ``(H_kv, T')`` per head."""
+        if keep is None:
+            return
+        if keep.dim() == 1:
+            index = keep.to(self.keys.device)
+            self.keys = self.keys.index_select(-2, index)
+            self.values = self.values.index_select(-2, index)
+            self.positions = self.positions.index_select(-1, keep.cpu())
+            return
+        index = keep.to(self.keys.device)[None, :, :, None]
+        self.keys = self.keys.gather(-2, index.expand(*self.keys.shape[:2], -1, self.keys.shape[-1]))
+        self.values = self.values.gather(-2, index.expand(*self.values.shape[:2], -1, self.values.shape[-1]))
+        self.positions = self.positions.gather(-1, keep.cpu())
 
     def _keys_for_attention(self, first_position: int) -> torch.Tensor:
         """Keys with slot ``j`` presented at position ``first_position + j`` (position shift)."""
         if self.position_strategy is None:
             return self.keys
         target = torch.arange(first_position, first_position + self.num_slots)
-        delta = target - self.positions
-        moved = torch.nonzero(delta).flatten()
+        delta = target - self.positions  # (H_kv, T)
+        moved = torch.nonzero(delta.any(dim=0)).flatten()
         if moved.numel() == 0:
             return self.keys
-        # Policies keep the shifted slots (sinks, compressed anchors) before a contiguous recent
-        # window, so rotating the prefix up to the last moved slot covers them all.
+        # Policies keep the shifted slots (sinks, scored or compressed slots) before a contiguous
+        # recent window, so rotating the prefix up to the last moved slot covers them all.
         end = int(moved[-1]) + 1
-        shifted = self.position_strategy.shift_keys(self.keys[..., :end, :], delta[:end])
+        shifted = self.position_strategy.shift_keys(self.keys[..., :end, :], delta[:, :end])
         return torch.cat([shifted, self.keys[..., end:, :]], dim=-2)
 
 
@@ -150,6 +182,31 @@ class BoundedCache(Cache):
         super().__init__(layers=layers)
         self.policy_name = policy_name
         self.config = config
+        self._hooked_model: torch.nn.Module | None = None
+        self._previous_attention: str | None = None
+
+    @property
+    def needs_attention_hook(self) -> bool:
+        """Whether some layer's policy needs the attention hook (scores or logit biases)."""
+        return any(layer.policy.needs_attention or layer.policy.needs_logit_bias for layer in self.layers)
+
+    def attach_hook(self, model: torch.nn.Module) -> None:
+        """Route ``model``'s attention through the hook (done by ``make_cache`` when needed)."""
+        previous = attention.install(model)
+        if self._hooked_model is None:
+            self._hooked_model, self._previous_attention = model, previous
+
+    def disable(self) -> None:
+        """Give the model back the attention implementation it had before this cache hooked it."""
+        if self._hooked_model is not None:
+            attention.restore(self._hooked_model, self._previous_attention)
+            self._hooked_model = None
+
+    def __enter__(self) -> "BoundedCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.disable()
 
     def cache_tokens(self, layer_idx: int | None = None) -> int | list[int]:
         """Slots stored in ``layer_idx``, or a list over layers when ``layer_idx`` is None."""

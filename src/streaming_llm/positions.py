@@ -24,7 +24,8 @@ class UnsupportedModelError(ValueError):
 
 class PositionStrategy(Protocol):
     def shift_keys(self, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Move ``keys`` ``(B, H, L, D)`` by ``delta`` ``(L,)`` positions (int64, CPU)."""
+        """Move ``keys`` ``(B, H, L, D)`` by ``delta`` positions: ``(L,)`` for every head or
+        ``(H, L)`` per head (int64, CPU)."""
 
 
 #: model_type values whose attention applies rotate-half RoPE with a fixed inverse frequency.
@@ -54,12 +55,12 @@ class RotateHalfRoPE:
         self.rotary_dim = 2 * self.inv_freq.numel()
 
     def cos_sin(self, delta: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = delta.to(torch.float64)[:, None] * self.inv_freq[None, :]  # (L, rotary_dim/2)
+        angles = delta.to(torch.float64)[..., None] * self.inv_freq  # (..., L, rotary_dim/2)
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos().to(device, torch.float32), angles.sin().to(device, torch.float32)
 
     def shift_keys(self, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        cos, sin = self.cos_sin(delta, keys.device)  # (L, rotary_dim)
+        cos, sin = self.cos_sin(delta, keys.device)  # (L, rotary_dim) or (H, L, rotary_dim)
         rot = keys[..., : self.rotary_dim].float()
         rotated = (rot * cos + _rotate_half(rot) * sin).to(keys.dtype)
         if self.rotary_dim == keys.shape[-1]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from .base import LayerPolicy, PolicyConfig, SlotView
 from .full import FullConfig
+from .h2o import H2OConfig
 from .sliding_window import SlidingWindowConfig
 from .streaming import StreamingConfig, dynamic_sink_size
+from .tova import TOVAConfig
 
 REGISTRY: dict[str, type[PolicyConfig]] = {
-    cls.name: cls for cls in (FullConfig, SlidingWindowConfig, StreamingConfig)
+    cls.name: cls for cls in (FullConfig, SlidingWindowConfig, StreamingConfig, H2OConfig, TOVAConfig)
 }
 
 

@@ -28,33 +28,64 @@ class SlotView:
     Attributes
     ----------
     positions:
-        ``(T,)`` int64 CPU tensor, original (absolute) position of every stored slot, ascending.
+        ``(H_kv, T)`` int64 CPU tensor, original (absolute) position of every stored slot of
+        every KV head, ascending along ``T``. Position-based policies keep the same slots in
+        every head, so all rows are equal for them.
     seen_tokens:
         Number of tokens the layer has seen so far (the stream position after this update).
+    new_tokens:
+        Tokens appended by the update that triggered this selection (the last ``new_tokens`` slots).
     """
 
     positions: torch.Tensor
     seen_tokens: int
+    new_tokens: int = 1
 
     @property
     def num_slots(self) -> int:
-        return int(self.positions.shape[0])
+        return int(self.positions.shape[-1])
 
 
 class LayerPolicy(ABC):
-    """Per-layer eviction rule. One instance per decoder layer, built fresh for every cache."""
+    """Per-layer eviction rule. One instance per decoder layer, built fresh for every cache.
+
+    Selections are indices along the slot axis: ``(T',)`` keeps the same slots in every KV
+    head, ``(H_kv, T')`` keeps different slots per head (same count in each). Indices must be
+    ascending so the recent, contiguous slots stay last.
+    """
 
     #: Whether kept slots can stop being contiguous with the newest token, so that keys must
     #: be re-rotated for StreamingLLM's in-cache distances (sinks do this; a pure window never).
     needs_position_shift: ClassVar[bool] = False
 
-    @abstractmethod
-    def max_slots(self) -> int | None:
-        """Upper bound on stored slots after any update (``None`` = unbounded)."""
+    #: Whether the policy scores slots by attention. Such policies select in :meth:`observe`,
+    #: called by the attention hook right after this layer's attention, instead of in
+    #: :meth:`select`; the cache refuses to run them without the hook.
+    needs_attention: ClassVar[bool] = False
+
+    #: Whether :meth:`logit_bias` may return a bias (slots standing for several tokens).
+    needs_logit_bias: ClassVar[bool] = False
 
     @abstractmethod
+    def max_slots(self) -> int | None:
+        """Upper bound on stored slots after any forward step (``None`` = unbounded)."""
+
     def select(self, view: SlotView) -> torch.Tensor | None:
-        """Indices (ascending, int64) of the slots to keep, or ``None`` to keep all."""
+        """Indices of the slots to keep after an update, or ``None`` to keep all."""
+        return None
+
+    def observe(self, probs: torch.Tensor, view: SlotView) -> torch.Tensor | None:
+        """Attention probabilities ``(B, H_q, q, T)`` of this step over the ``T`` slots of
+        ``view``; returns the slots to keep (like :meth:`select`). Only for ``needs_attention``."""
+        raise NotImplementedError
+
+    def logit_bias(self, view: SlotView) -> torch.Tensor | None:
+        """Additive attention-logit bias for the ``T`` slots of ``view``, ``(H_kv, T)``, or ``None``.
+
+        A slot that stands for ``c`` merged tokens carries ``log(c)`` here, so softmax weighs
+        it like ``c`` copies of itself.
+        """
+        return None
 
 
 def _type_name(annotation: Any) -> str:

@@ -5,16 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
-from .base import LayerPolicy, PolicyConfig, SlotView
+from .base import LayerPolicy, PolicyConfig
 
 
 class KeepAll(LayerPolicy):
     def max_slots(self) -> int | None:
-        return None
-
-    def select(self, view: SlotView) -> torch.Tensor | None:
         return None
 
 

@@ -1,0 +1,131 @@
+"""The attention hook: one attention function registered with ``transformers.AttentionInterface``.
+
+It serves caches whose policies need more than plain attention over the returned slots:
+
+- a per-slot logit bias (a slot standing for ``c`` merged tokens carries ``log(c)``);
+- the attention probabilities of this step, handed to the policy so it can score slots
+  (H2O's accumulated attention, TOVA's last query, SnapKV's observation window);
+- otherwise it is plain ``scaled_dot_product_attention``, no probabilities materialised.
+
+The function is installed per model by :func:`install` (``enable_*``/``make_cache`` do it for
+policies that need it) and removed by :func:`restore`/:func:`attention_hook`; nothing happens at
+import time and no model class is patched.
+
+transformers passes the cache to ``Cache.update()`` but not to the attention function, so the
+cache layer hands itself over: ``BoundedLayer.update()`` calls :func:`offer` and the attention
+call that immediately follows in the same attention module takes it. The handoff is
+thread-local and checked: the keys attention receives must be the very tensor that layer returned.
+Without such a layer (another cache, or no cache) the hook is plain causal attention.
+
+We register no mask function under our name, so transformers builds no mask for us and every
+layer gets its own causal-chunk mask here (layers may hold different numbers of slots).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_NAME = "streaming_llm"
+
+
+class _Handoff(threading.local):
+    layer = None
+
+
+_HANDOFF = _Handoff()
+
+
+def offer(layer) -> None:
+    """Called by a cache layer at the end of ``update()``: the next attention call is for it."""
+    _HANDOFF.layer = layer
+
+
+def _take(key: torch.Tensor):
+    """The layer that returned ``key``, if it offered itself; a stale offer (left by a forward
+    that did not go through this hook) is dropped. A scored layer whose attention never arrived
+    still fails loudly at its next update."""
+    layer, _HANDOFF.layer = _HANDOFF.layer, None
+    return layer if layer is not None and layer.returned_keys is key else None
+
+
+def chunk_causal_mask(query_length: int, key_length: int, device: torch.device) -> torch.Tensor | None:
+    """``(q, n)`` bool mask: query ``i`` sees every earlier slot and the chunk up to itself.
+
+    The last ``q`` of the ``n`` slots are the chunk's own tokens. ``None`` when nothing is masked.
+    """
+    if query_length == 1:
+        return None
+    return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
+
+
+def _expand_heads(per_kv_head: torch.Tensor, num_query_heads: int) -> torch.Tensor:
+    """``(H_kv, n)`` -> ``(1, H_q, 1, n)``: query heads of a GQA group share their KV head's value."""
+    return per_kv_head.repeat_interleave(num_query_heads // per_kv_head.shape[0], dim=0)[None, :, None, :]
+
+
+def bounded_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention over the slots a bounded cache layer returned. Shapes: query ``(B, H_q, q, D)``,
+    key/value ``(B, H_kv, n, D)``; returns ``((B, q, H_q, D), None)`` like transformers' functions."""
+    if kwargs.get("sliding_window") or kwargs.get("softcap"):
+        raise NotImplementedError("the streaming_llm attention hook does not support sliding-window or soft-capped layers yet")
+    if attention_mask is not None and attention_mask.ndim == 2 and not bool(attention_mask.all()):
+        raise ValueError("padding is not supported: BoundedCache holds one stream (batch size 1, no padding)")
+    layer = _take(key)
+    q_len, n = query.shape[-2], key.shape[-2]
+    mask = chunk_causal_mask(q_len, n, query.device)
+    bias = layer.attention_bias() if layer is not None else None
+    if layer is None or not layer.policy.needs_attention:
+        if bias is not None:
+            bias = _expand_heads(bias.to(query.dtype), query.shape[1])
+            mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
+        return out.transpose(1, 2).contiguous(), None
+
+    group = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale  # (B, H_q, q, n)
+    if bias is not None:
+        scores = scores + _expand_heads(bias.float(), query.shape[1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs.to(value.dtype), value)
+    layer.after_attention(probs)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def install(model: torch.nn.Module) -> str:
+    """Route ``model``'s attention through :func:`bounded_attention`; returns the previous implementation."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, bounded_attention)
+    previous = model.config._attn_implementation
+    if previous != ATTENTION_NAME:
+        model.set_attn_implementation(ATTENTION_NAME)
+    return previous
+
+
+def restore(model: torch.nn.Module, previous: str) -> None:
+    """Give ``model`` back the attention implementation it had before :func:`install`."""
+    if model.config._attn_implementation != previous:
+        model.set_attn_implementation(previous)
+
+
+def uses_hook(model: torch.nn.Module) -> bool:
+    return getattr(model.config, "_attn_implementation", None) == ATTENTION_NAME
+
+
+@contextlib.contextmanager
+def attention_hook(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``with attention_hook(model): ...`` runs with the hook and restores the model afterwards."""
+    previous = install(model)
+    try:
+        yield model
+    finally:
+        restore(model, previous)
