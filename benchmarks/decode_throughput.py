@@ -1,8 +1,10 @@
 """Decode throughput of our caches against transformers' DynamicCache, side by side in one run.
 
 Each cache streams the same tokens one at a time (the StreamingLLM protocol); the first
-``--warmup`` steps are not timed. Prints tok/s and the ratio to DynamicCache, so the overhead of
-BoundedCache (and the saving of a bounded cache at long lengths) is read off one table.
+``--warmup`` steps are not timed. Prints tok/s, the ratio to DynamicCache (the overhead of
+BoundedCache, and the saving of a bounded cache at long lengths) and the ratio to plain
+StreamingLLM on SDPA (the overhead of the attention hook: its SDPA path, and its path that
+materialises attention probabilities for H2O / TOVA).
 
     .venv/bin/python benchmarks/decode_throughput.py --tokens 2048
 """
@@ -10,12 +12,14 @@ BoundedCache (and the saving of a bounded cache at long lengths) is read off one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
 from transformers import DynamicCache
 
 from streaming_llm import make_cache
+from streaming_llm.attention import attention_hook
 from streaming_llm.data import tokenize_stream
 from streaming_llm.models import load_model
 from streaming_llm.report import console_table
@@ -53,20 +57,35 @@ def main() -> None:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     device = next(model.parameters()).device
     ids = torch.tensor([tokenize_stream(tokenizer, text=args.text, num_tokens=args.tokens)], device=device)
-    caches = {
-        "DynamicCache (transformers)": lambda: DynamicCache(config=model.config),
-        "full": lambda: make_cache(model, "full"),
-        f"sliding_window {args.budget}": lambda: make_cache(model, "sliding_window", window_size=args.budget),
-        f"streaming 4+{args.budget - 4}": lambda: make_cache(model, "streaming", start_size=4, recent_size=args.budget - 4),
-    }
+    b, half = args.budget, args.budget // 2
+    # (name, cache factory, route attention through the hook even if the policy does not need it)
+    runs = [
+        ("DynamicCache (transformers)", lambda: DynamicCache(config=model.config), False),
+        ("full", lambda: make_cache(model, "full"), False),
+        (f"sliding_window {b}", lambda: make_cache(model, "sliding_window", window_size=b), False),
+        (f"streaming 4+{b - 4}", lambda: make_cache(model, "streaming", start_size=4, recent_size=b - 4), False),
+        (f"streaming 4+{b - 4}, via hook (SDPA path)",
+         lambda: make_cache(model, "streaming", start_size=4, recent_size=b - 4), True),
+        (f"h2o {half}+{half} (hook, probabilities)",
+         lambda: make_cache(model, "h2o", heavy_size=half, recent_size=half), False),
+        (f"tova {b} (hook, probabilities)", lambda: make_cache(model, "tova", cache_size=b), False),
+    ]
     rows = []
-    for name, build in caches.items():
-        rows.append({"cache": name, "tok_per_s": decode_tok_per_s(model, build(), ids, args.warmup)})
+    for name, build, force_hook in runs:
+        cache = build()
+        with contextlib.ExitStack() as stack:
+            if force_hook:
+                stack.enter_context(attention_hook(model))
+            if hasattr(cache, "disable"):
+                stack.callback(cache.disable)
+            rows.append({"cache": name, "tok_per_s": decode_tok_per_s(model, cache, ids, args.warmup)})
     baseline = rows[0]["tok_per_s"]
+    plain_streaming = rows[3]["tok_per_s"]
     for row in rows:
         row["ratio_vs_dynamic"] = row["tok_per_s"] / baseline
+        row["ratio_vs_streaming_sdpa"] = row["tok_per_s"] / plain_streaming
     print(f"{args.model}, {ids.shape[1]} tokens decoded one by one, {args.dtype} on {device}")
-    print(console_table(rows, ["cache", "tok_per_s", "ratio_vs_dynamic"]))
+    print(console_table(rows, ["cache", "tok_per_s", "ratio_vs_dynamic", "ratio_vs_streaming_sdpa"]))
 
 
 if __name__ == "__main__":

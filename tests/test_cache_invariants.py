@@ -118,7 +118,14 @@ def test_dynamic_sink_size():
     ("sliding_window", dict(window_size=0), "window_size must be an integer >= 1"),
     ("sliding_window", dict(recent_size=3), "unknown parameter.*recent_size.*allowed: .*window_size"),
     ("full", dict(enable_pos_shift=3), "enable_pos_shift must be a bool"),
-    ("h2o_typo", {}, "policy must be one of full, h2o, sliding_window, streaming, tova"),
+    ("h2o_typo", {}, "policy must be one of dynamickv, full, h2o, rocketkv, sliding_window, snapkv, streaming, tova; got 'h2o_typo'"),
+    ("h2o", dict(heavy_size=-1), "heavy_size must be an integer >= 0"),
+    ("tova", dict(cache_size=0), "cache_size must be an integer >= 1"),
+    ("snapkv", dict(cache_size=40, window_size=32, reselect_interval=32), "cache_size must be an integer >= 64"),
+    ("snapkv", dict(pooling="meanpool"), "pooling must be one of 'avgpool', 'maxpool'"),
+    ("dynamickv", dict(ratio_max=0.5), "ratio_max must be a number >= 1"),
+    ("rocketkv", dict(topk=0), "topk must be an integer >= 1"),
+    ("rocketkv", dict(page_size="two"), "page_size must be an integer"),
 ])
 def test_bad_parameters_raise_value_error(tiny_llama, policy, params, message):
     with pytest.raises(ValueError, match=message):

@@ -26,7 +26,7 @@ def cache_from_config(model: torch.nn.Module, config: PolicyConfig) -> BoundedCa
     :mod:`streaming_llm.attention`; ``cache.disable()`` gives the model its own back.
     """
     num_layers = _num_layers(model)
-    layer_policies = [config.build_layer_policy(i, num_layers) for i in range(num_layers)]
+    layer_policies = config.build_layer_policies(num_layers)
     needs_shift = config.enable_pos_shift and any(p.needs_position_shift for p in layer_policies)
     strategy = resolve_position_strategy(model) if needs_shift else None
     layers = [BoundedLayer(policy, strategy) for policy in layer_policies]

@@ -87,15 +87,17 @@ def bounded_attention(module, query, key, value, attention_mask, scaling=None, d
         return out.transpose(1, 2).contiguous(), None
 
     group = query.shape[1] // key.shape[1]
-    key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale  # (B, H_q, q, n)
+    scores = torch.matmul(query, key.repeat_interleave(group, dim=1).transpose(-1, -2)).float() * scale  # (B, H_q, q, n)
     if bias is not None:
         scores = scores + _expand_heads(bias.float(), query.shape[1])
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
+    read = layer.policy.read_mask(query, key)
+    if read is not None:
+        scores = scores.masked_fill(~read, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    out = torch.matmul(probs.to(value.dtype), value)
+    out = torch.matmul(probs.to(value.dtype), value.repeat_interleave(group, dim=1))
     layer.after_attention(probs)
     return out.transpose(1, 2).contiguous(), None
 

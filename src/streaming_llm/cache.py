@@ -47,6 +47,7 @@ class BoundedLayer(CacheLayerMixin):
         self.positions = torch.empty(0, 0, dtype=torch.long)  # (H_kv, T) on CPU: original positions
         self.returned_keys: torch.Tensor | None = None  # what the last update() gave attention
         self._pending_view: SlotView | None = None  # set while an attention-scored step awaits its attention
+        policy.attach(self)
 
     # -- transformers protocol -------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -134,11 +135,15 @@ class BoundedLayer(CacheLayerMixin):
         return int(self.positions.shape[-1])
 
     def cache_bytes(self) -> int:
-        """Bytes held by this layer: K and V tensors plus the per-slot position metadata."""
+        """Bytes held by this layer: K and V tensors, per-slot positions and the policy's own state."""
         if not self.is_initialized:
             return 0
         kv = self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
-        return kv + self.positions.numel() * _POSITION_BYTES
+        return kv + self.positions.numel() * _POSITION_BYTES + self.policy.state_bytes()
+
+    def keep(self, keep: torch.Tensor | None) -> None:
+        """Keep slots ``keep`` (see :meth:`_keep`); for policies that trim outside an update."""
+        self._keep(keep)
 
     def _keep(self, keep: torch.Tensor | None) -> None:
         """Keep slots ``keep``: ``(T',)`` in every head, or ``(H_kv, T')`` per head."""
@@ -219,6 +224,14 @@ class BoundedCache(Cache):
         if layer_idx is not None:
             return self.layers[layer_idx].cache_bytes()
         return sum(layer.cache_bytes() for layer in self.layers)
+
+    def policy_stats(self) -> dict[str, float]:
+        """The policies' counters (e.g. keys read by sparse attention), summed over layers."""
+        totals: dict[str, float] = {}
+        for layer in self.layers:
+            for key, value in layer.policy.stats().items():
+                totals[key] = totals.get(key, 0) + value
+        return totals
 
     def max_slots(self) -> int | None:
         """Per-layer slot budget after any update (``None`` = unbounded)."""

@@ -84,9 +84,9 @@ def run_identity(config: PolicyConfig, *, model: str, text: str, tokens: int, ch
 def run_perplexity(model, token_ids: list[int], config: PolicyConfig, identity: dict[str, Any],
                    progress: bool = True) -> dict[str, Any]:
     """Stream ``token_ids`` with a fresh cache built from ``config``; returns the run record."""
-    cache = cache_from_config(model, config)
-    result = stream(model, cache, token_ids, chunk_size=identity["chunk_size"], progress=progress,
-                    description=config.name)
+    with cache_from_config(model, config) as cache:  # restores the model's attention afterwards
+        result = stream(model, cache, token_ids, chunk_size=identity["chunk_size"], progress=progress,
+                        description=config.name)
     return {
         **identity,
         "id": run_id(identity),
@@ -98,6 +98,7 @@ def run_perplexity(model, token_ids: list[int], config: PolicyConfig, identity: 
         "cache_tokens_max": max(result.cache_tokens),
         "cache_bytes_max": max(result.cache_bytes),
         "cache_budget_tokens": cache.max_slots(),
+        "policy_stats": cache.policy_stats(),
         "peak_rss_bytes": result.peak_rss_bytes,
         "peak_device_bytes": result.peak_device_bytes,
         "versions": library_versions(),

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from .base import LayerPolicy, PolicyConfig, SlotView
+from .dynamickv import DynamicKVConfig
 from .full import FullConfig
 from .h2o import H2OConfig
+from .rocketkv import RocketKVConfig
 from .sliding_window import SlidingWindowConfig
+from .snapkv import SnapKVConfig
 from .streaming import StreamingConfig, dynamic_sink_size
 from .tova import TOVAConfig
 
 REGISTRY: dict[str, type[PolicyConfig]] = {
-    cls.name: cls for cls in (FullConfig, SlidingWindowConfig, StreamingConfig, H2OConfig, TOVAConfig)
+    cls.name: cls for cls in (
+        FullConfig, SlidingWindowConfig, StreamingConfig, H2OConfig, TOVAConfig, SnapKVConfig, DynamicKVConfig,
+        RocketKVConfig,
+    )
 }
 
 

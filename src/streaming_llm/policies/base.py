@@ -79,6 +79,23 @@ class LayerPolicy(ABC):
         ``view``; returns the slots to keep (like :meth:`select`). Only for ``needs_attention``."""
         raise NotImplementedError
 
+    def read_mask(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor | None:
+        """Sparse attention: which slots each query may read, ``(1, H_q, q, n)`` bool, or ``None``
+        for all. Called by the attention hook for policies with ``needs_attention``."""
+        return None
+
+    def stats(self) -> dict[str, float]:
+        """Counters worth reporting (summed over layers by the cache), e.g. keys read."""
+        return {}
+
+    def attach(self, layer) -> None:
+        """Called once by the cache layer that owns this policy (for policies that must
+        change their layer's slots outside an update, e.g. cross-layer budget reallocation)."""
+
+    def state_bytes(self) -> int:
+        """Bytes of the policy's own per-slot state (scores, statistics), counted in the cache's bytes."""
+        return 0
+
     def logit_bias(self, view: SlotView) -> torch.Tensor | None:
         """Additive attention-logit bias for the ``T`` slots of ``view``, ``(H_kv, T)``, or ``None``.
 
@@ -199,3 +216,7 @@ class PolicyConfig:
 
     def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
         raise NotImplementedError
+
+    def build_layer_policies(self, num_layers: int) -> list[LayerPolicy]:
+        """Fresh per-layer policies for one cache; override when layers share state."""
+        return [self.build_layer_policy(i, num_layers) for i in range(num_layers)]

@@ -51,6 +51,9 @@ class ScoredEviction(LayerPolicy):
     def max_slots(self) -> int | None:
         return self.budget
 
+    def state_bytes(self) -> int:
+        return 0 if self.scores is None else self.scores.numel() * self.scores.element_size()
+
     @abstractmethod
     def update_scores(self, previous: torch.Tensor, probs: torch.Tensor, view: SlotView) -> torch.Tensor:
         """New ``(H, n)`` scores from the ``(H, n - q)`` ``previous`` ones (zero-padded for the
