@@ -83,27 +83,35 @@ def test_position_shift_matters(tiny_llama, token_stream):
     ("streaming", dict(start_size=4, recent_size=12)),
     ("sliding_window", dict(window_size=16)),
     ("full", {}),
+    ("h2o", dict(heavy_size=8, recent_size=8)),
+    ("tova", dict(cache_size=16)),
+    ("snapkv", dict(cache_size=16, window_size=4, reselect_interval=4)),
+    ("dynamickv", dict(cache_size=16, window_size=4, reselect_interval=4)),
+    ("rocketkv", dict(storage_size=16, topk=8, window_size=4, reselect_interval=4, kernel_size=5)),
 ])
 def test_generate_matches_manual_loop_and_reference(tiny_llama, token_stream, policy, params):
     """generate() far past the window: same greedy tokens as a manual loop, and every step's
     logits equal the naive in-cache-position reference (the old SinkCache bugs would break this)."""
     prompt = token_stream[:, :40]  # longer than the window: the prefill itself evicts
     new_tokens = 80  # 5x the window
-    out = tiny_llama.generate(
-        prompt, attention_mask=torch.ones_like(prompt), past_key_values=make_cache(tiny_llama, policy, **params),
-        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, output_logits=True,
-        return_dict_in_generate=True, pad_token_id=0,
-    )
+    with make_cache(tiny_llama, policy, **params) as cache:
+        out = tiny_llama.generate(
+            prompt, attention_mask=torch.ones_like(prompt), past_key_values=cache,
+            max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, output_logits=True,
+            return_dict_in_generate=True, pad_token_id=0,
+        )
+        assert max(cache.cache_tokens()) <= (cache.max_slots() or 10**9)
     generated = out.sequences[0, prompt.shape[1]:]
 
-    cache = make_cache(tiny_llama, policy, **params)
     manual, step_input = [], prompt
-    with torch.no_grad():
+    with make_cache(tiny_llama, policy, **params) as cache, torch.no_grad():
         for _ in range(new_tokens):
             logits = tiny_llama(input_ids=step_input, past_key_values=cache, use_cache=True).logits[0, -1]
             step_input = logits.argmax().view(1, 1)
             manual.append(step_input.item())
     assert generated.tolist() == manual
+    if policy not in ("streaming", "sliding_window", "full"):
+        return  # the in-cache-position reference below is for position-based policies
 
     if policy == "streaming":
         reference = NaiveStreamingReference(tiny_llama, params["start_size"], params["recent_size"])
