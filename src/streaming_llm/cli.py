@@ -14,6 +14,7 @@ from .data import DEFAULT_TEXT, list_builtin_texts, tokenize_stream
 from .evaluation.runs import SUMMARY_COLUMNS, RunSpec, run_identity, run_perplexity
 from .models import DEFAULT_MODEL, DTYPES, load_model
 from .policies import get_policy_config_class, list_policies
+from .sizing import size_to_bytes
 from .report import console_table, csv_text, markdown_table, write_atomic, write_json
 
 log = logging.getLogger("streaming_llm")
@@ -63,6 +64,15 @@ def _write_reports(output_dir: Path, records: list[dict[str, Any]], command: str
     write_atomic(output_dir / "results.md", header + markdown_table(rows, SUMMARY_COLUMNS))
 
 
+def _sized(config, model, cache_bytes: int):
+    if config.name == "full":
+        log.info("full: unbounded reference, not sized to --cache-bytes")
+        return config
+    sized = size_to_bytes(config, model, cache_bytes)
+    log.info("%s sized to %d bytes: %s", config.name, cache_bytes, sized)
+    return sized
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     specs = _parse_set(args.set or [], [RunSpec.parse(p) for p in args.policy])
     configs = [spec.config() for spec in specs]  # validate everything before loading anything
@@ -85,11 +95,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     if len(token_ids) < args.num_tokens:
         log.warning("the text has only %d tokens (asked for %d)", len(token_ids), args.num_tokens)
+    if args.cache_bytes is not None:
+        configs = [_sized(config, model, args.cache_bytes) for config in configs]
     output_dir = Path(args.output_dir) if args.output_dir else None
     records = []
     for config in configs:
         identity = run_identity(config, model=args.model, text=text_label, tokens=len(token_ids),
                                 chunk_size=args.chunk_size, dtype=args.dtype, device=device)
+        if args.cache_bytes is not None:
+            identity["cache_bytes_target"] = args.cache_bytes
         record = None
         if output_dir is not None and not args.force:
             from .evaluation.runs import run_id
@@ -141,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-tokens", type=int, default=4096)
     ev.add_argument("--chunk-size", type=int, default=1, help="tokens per forward (1 = StreamingLLM protocol)")
     ev.add_argument("--set", action="append", metavar="[POLICY.]KEY=VALUE", help="a policy parameter (repeatable)")
+    ev.add_argument("--cache-bytes", type=int, default=None,
+                    help="equal-memory mode: size every bounded policy to this many cache bytes (full stays unbounded)")
     ev.add_argument("--output-dir", help="write runs/*.json, results.json, results.csv and results.md here")
     ev.add_argument("--force", action="store_true", help="rerun runs whose record already exists in --output-dir")
     ev.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")

@@ -217,6 +217,15 @@ class PolicyConfig:
     def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
         raise NotImplementedError
 
+    def sized(self, slots: int) -> "PolicyConfig":
+        """A copy holding at most ``slots`` slots per layer (on average over layers), for
+        comparisons at equal memory. Unbounded policies raise ``ValueError``."""
+        raise ValueError(f"policy {self.name!r} has no budget to size")
+
+    def state_bytes_per_slot(self, num_kv_heads: int) -> int:
+        """Bytes of policy state per stored slot (scores, window rows), to size at equal memory."""
+        return 0
+
     def build_layer_policies(self, num_layers: int) -> list[LayerPolicy]:
         """Fresh per-layer policies for one cache; override when layers share state."""
         return [self.build_layer_policy(i, num_layers) for i in range(num_layers)]

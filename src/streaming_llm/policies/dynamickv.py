@@ -18,7 +18,7 @@ holds ``budget_l - reselect_interval`` slots and every layer grows by the same t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -115,11 +115,9 @@ class AdaptiveLayer(ObservationWindow):
 
     def trim(self, keep: int) -> None:
         """Keep the window plus the ``keep - window`` best-voted slots (called by the allocator)."""
-        if self.scores.shape[-1] <= keep:
-            return
-        indices = self.select_top(self.scores, keep)
-        self.scores = None
-        self.layer.keep(indices)
+        scores, self.scores = self.scores, None  # only needed within the selection step
+        if scores.shape[-1] > keep:
+            self.layer.keep(self.select_top(scores, keep))
 
 
 @dataclass
@@ -145,6 +143,9 @@ class DynamicKVConfig(WindowVoteConfig):
         self.validate_window("cache_size")
         if not self.ratio_max >= 1.0:
             raise ValueError(f"ratio_max must be a number >= 1; got {self.ratio_max!r}")
+
+    def sized(self, slots: int) -> "DynamicKVConfig":
+        return replace(self, cache_size=slots)
 
     def build_layer_policies(self, num_layers: int) -> list[LayerPolicy]:
         allocator = LayerBudgetAllocator(num_layers, self.cache_size, self.window_size, self.ratio_max,

@@ -12,7 +12,7 @@ Shapes: probabilities ``(B, H_q, q, n)`` -> scores ``(H_kv, n)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -44,6 +44,13 @@ class H2OConfig(PolicyConfig):
     def validate(self) -> None:
         check_int("heavy_size", self.heavy_size, 0)
         check_int("recent_size", self.recent_size, 1)
+
+    def sized(self, slots: int) -> "H2OConfig":
+        recent = max(1, slots // 2)
+        return replace(self, heavy_size=slots - recent, recent_size=recent)
+
+    def state_bytes_per_slot(self, num_kv_heads: int) -> int:
+        return 4 * num_kv_heads  # float32 accumulated score per slot and KV head
 
     def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
         return HeavyHitters(self.heavy_size + self.recent_size, protected_recent=self.recent_size)

@@ -22,7 +22,7 @@ not show the bandwidth saving that ``keys_read`` measures.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import torch
@@ -110,6 +110,9 @@ class RocketKVConfig(WindowVoteConfig):
         self.validate_window("storage_size")
         for field in ("topk", "page_size", "topr"):
             check_int(field, getattr(self, field), 1)
+
+    def sized(self, slots: int) -> "RocketKVConfig":
+        return replace(self, storage_size=slots, topk=max(1, slots // 2))  # authors: topk = budget / 2
 
     def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
         return TwoStage(self.topk, self.page_size, self.topr, **self.window_args(self.storage_size))

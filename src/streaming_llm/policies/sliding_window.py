@@ -7,7 +7,7 @@ distances equal absolute distances and no key is ever re-rotated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -42,6 +42,9 @@ class SlidingWindowConfig(PolicyConfig):
 
     def validate(self) -> None:
         check_int("window_size", self.window_size, 1)
+
+    def sized(self, slots: int) -> "SlidingWindowConfig":
+        return replace(self, window_size=slots)
 
     def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
         return KeepLast(self.window_size)

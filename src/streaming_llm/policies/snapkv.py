@@ -19,7 +19,7 @@ Shapes: probabilities ``(B, H_q, q, n)`` -> window rows ``(H_kv, w, n)`` -> scor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import torch
@@ -114,6 +114,9 @@ class WindowVoteConfig(PolicyConfig):
         check_int("reselect_interval", self.reselect_interval, 1)
         check_int(budget_name, getattr(self, budget_name), self.window_size + self.reselect_interval)
 
+    def state_bytes_per_slot(self, num_kv_heads: int) -> int:
+        return 4 * self.window_size * num_kv_heads  # float32 attention rows of the window's queries
+
     def window_args(self, cache_size: int) -> dict:
         return dict(cache_size=cache_size, window_size=self.window_size, kernel_size=self.kernel_size,
                     pooling=self.pooling, reselect_interval=self.reselect_interval)
@@ -135,6 +138,9 @@ class SnapKVConfig(WindowVoteConfig):
 
     def validate(self) -> None:
         self.validate_window("cache_size")
+
+    def sized(self, slots: int) -> "SnapKVConfig":
+        return replace(self, cache_size=slots)
 
     def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
         return ObservationWindow(**self.window_args(self.cache_size))

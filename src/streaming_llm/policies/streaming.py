@@ -14,7 +14,7 @@ we apply floor(1%) of the given ``max_seq_length`` exactly: 2048 -> 20, 8192 -> 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -77,6 +77,11 @@ class StreamingConfig(PolicyConfig):
         if self.enable_dynamic_sink:
             return dynamic_sink_size(self.start_size, self.max_seq_length)
         return self.start_size
+
+    def sized(self, slots: int) -> "StreamingConfig":
+        if slots <= self.sink_size:
+            raise ValueError(f"{slots} slots leave no room for a recent window after {self.sink_size} sinks")
+        return replace(self, recent_size=slots - self.sink_size)
 
     def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
         return SinksAndRecent(self.sink_size, self.recent_size)

@@ -10,7 +10,7 @@ Shapes: probabilities ``(B, H_q, q, n)`` -> last-query scores ``(1, n)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -38,6 +38,12 @@ class TOVAConfig(PolicyConfig):
 
     def validate(self) -> None:
         check_int("cache_size", self.cache_size, 1)
+
+    def sized(self, slots: int) -> "TOVAConfig":
+        return replace(self, cache_size=slots)
+
+    def state_bytes_per_slot(self, num_kv_heads: int) -> int:
+        return 4  # float32 score per slot, shared by the heads
 
     def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
         return LastQueryAttention(self.cache_size, protected_recent=0, per_head=False)
