@@ -88,6 +88,9 @@ def test_position_shift_matters(tiny_llama, token_stream):
     ("snapkv", dict(cache_size=16, window_size=4, reselect_interval=4)),
     ("dynamickv", dict(cache_size=16, window_size=4, reselect_interval=4)),
     ("rocketkv", dict(storage_size=16, topk=8, window_size=4, reselect_interval=4, kernel_size=5)),
+    ("adms", dict(start_size=2, recent_size=8, compressed_budget=8, enable_dynamic_sink=False, rank=4, compression_interval=3)),
+    ("adms", dict(start_size=2, recent_size=8, compressed_budget=8, enable_dynamic_sink=False, compressor_type="vq",
+                  num_clusters=3, importance_metric="attention")),
 ])
 def test_generate_matches_manual_loop_and_reference(tiny_llama, token_stream, policy, params):
     """generate() far past the window: same greedy tokens as a manual loop, and every step's

@@ -19,18 +19,29 @@ def _num_layers(model: torch.nn.Module) -> int:
     return num_layers
 
 
+def build_layers(model: torch.nn.Module, config: PolicyConfig) -> list[BoundedLayer]:
+    """One fresh :class:`BoundedLayer` per decoder layer of ``model`` following ``config``."""
+    num_layers = _num_layers(model)
+    layer_policies = config.build_layer_policies(num_layers)
+    needs_shift = config.enable_pos_shift and any(p.needs_position_shift for p in layer_policies)
+    needs_rotary = any(p.needs_rotary for p in layer_policies)
+    strategy = resolve_position_strategy(model) if needs_shift or needs_rotary else None
+    for policy in layer_policies:
+        if policy.needs_rotary:
+            policy.bind_rotary(strategy)
+    return [BoundedLayer(policy, strategy if needs_shift else None) for policy in layer_policies]
+
+
 def cache_from_config(model: torch.nn.Module, config: PolicyConfig) -> BoundedCache:
     """A fresh cache for ``model`` following an already validated policy ``config``.
 
     Policies that score slots by attention route the model's attention through the hook of
     :mod:`streaming_llm.attention`; ``cache.disable()`` gives the model its own back.
     """
-    num_layers = _num_layers(model)
-    layer_policies = config.build_layer_policies(num_layers)
-    needs_shift = config.enable_pos_shift and any(p.needs_position_shift for p in layer_policies)
-    strategy = resolve_position_strategy(model) if needs_shift else None
-    layers = [BoundedLayer(policy, strategy) for policy in layer_policies]
-    cache = BoundedCache(layers, policy_name=config.name, config=config)
+    cache_class = config.cache_class()
+    if cache_class is not BoundedCache:
+        return cache_class(config, model)
+    cache = BoundedCache(build_layers(model, config), policy_name=config.name, config=config)
     if cache.needs_attention_hook:
         cache.attach_hook(model)
     return cache
@@ -69,12 +80,14 @@ def enable_streaming_llm(
     )
 
 
-def enable_adms_llm(model: torch.nn.Module, **params) -> BoundedCache:
-    """ADMS (three-tier cache with a compressed mid-memory).
+def enable_adms_llm(model: torch.nn.Module, compressor=None, **params) -> BoundedCache:
+    """ADMS for ``model``: sinks + a compressed mid-memory + a recent window (seed 000).
 
-    Not implemented yet: it is tracked as its own issue (ADMS) and raises until it lands.
+    ``params`` are :class:`streaming_llm.adms_cache.ADMSConfig`'s (seed 000's names and defaults,
+    e.g. ``start_size=4, recent_size=2000, compressed_budget=128, compressor_type="low_rank"``).
+    ``compressor``: an object with ``compress(K, V) -> (K', V')`` used for every layer and KV head
+    (with ``compressor_type="custom"``). Returns an ``ADMSKVCache``.
     """
-    raise NotImplementedError(
-        "ADMS is not implemented yet; use enable_streaming_llm or make_cache(model, policy) with "
-        "one of streaming_llm.list_policies()"
-    )
+    from .adms_cache import ADMSKVCache
+
+    return ADMSKVCache(make_policy_config("adms", **params), model, compressor=compressor)

@@ -26,7 +26,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from . import attention
-from .policies.base import LayerPolicy, SlotView
+from .policies.base import LayerPolicy, SlotRewrite, SlotView
 from .positions import PositionStrategy
 
 #: bytes of the per-slot position metadata (int64), counted in ``cache_bytes()``.
@@ -46,6 +46,7 @@ class BoundedLayer(CacheLayerMixin):
         self.seen_tokens = 0
         self.positions = torch.empty(0, 0, dtype=torch.long)  # (H_kv, T) on CPU: original positions
         self.returned_keys: torch.Tensor | None = None  # what the last update() gave attention
+        self.returned_bias: torch.Tensor | None = None  # logit bias (H_kv, n) for those slots
         self._pending_view: SlotView | None = None  # set while an attention-scored step awaits its attention
         policy.attach(self)
 
@@ -84,7 +85,9 @@ class BoundedLayer(CacheLayerMixin):
 
         self.returned_keys = self._keys_for_attention(first_position=start - stored)
         values_out = self.values
-        view = SlotView(self.positions, self.seen_tokens, q)
+        view = SlotView(self.positions, self.seen_tokens, q, self.keys, self.values)
+        # the bias must describe the returned slots, before the policy replaces them
+        self.returned_bias = self.policy.logit_bias(view) if self.policy.needs_logit_bias else None
         if self.policy.needs_attention:
             self._pending_view = view  # selection happens in after_attention()
         else:
@@ -103,7 +106,7 @@ class BoundedLayer(CacheLayerMixin):
         return -1 if bound is None else bound
 
     def reset(self) -> None:
-        self.keys = self.values = self.returned_keys = self._pending_view = None
+        self.keys = self.values = self.returned_keys = self.returned_bias = self._pending_view = None
         self.is_initialized = False
         self.seen_tokens = 0
         self.positions = torch.empty(0, 0, dtype=torch.long)
@@ -121,7 +124,7 @@ class BoundedLayer(CacheLayerMixin):
     # -- the attention hook's side ---------------------------------------------------------
     def attention_bias(self) -> torch.Tensor | None:
         """Logit bias ``(H_kv, n)`` for the slots the last update returned, or ``None``."""
-        return self.policy.logit_bias(SlotView(self.positions, self.seen_tokens))
+        return self.returned_bias
 
     def after_attention(self, probs: torch.Tensor) -> None:
         """Called by the attention hook with this step's probabilities ``(B, H_q, q, n)``."""
@@ -138,16 +141,21 @@ class BoundedLayer(CacheLayerMixin):
         """Bytes held by this layer: K and V tensors, per-slot positions and the policy's own state."""
         if not self.is_initialized:
             return 0
-        kv = self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+        kv = self.policy.stored_bytes()
+        if kv is None:
+            kv = self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
         return kv + self.positions.numel() * _POSITION_BYTES + self.policy.state_bytes()
 
     def keep(self, keep: torch.Tensor | None) -> None:
         """Keep slots ``keep`` (see :meth:`_keep`); for policies that trim outside an update."""
         self._keep(keep)
 
-    def _keep(self, keep: torch.Tensor | None) -> None:
-        """Keep slots ``keep``: ``(T',)`` in every head, or ``(H_kv, T')`` per head."""
+    def _keep(self, keep: "torch.Tensor | SlotRewrite | None") -> None:
+        """Keep slots ``keep``: ``(T',)`` in every head, ``(H_kv, T')`` per head, or new slots."""
         if keep is None:
+            return
+        if isinstance(keep, SlotRewrite):
+            self.keys, self.values, self.positions = keep.keys, keep.values, keep.positions
             return
         if keep.dim() == 1:
             index = keep.to(self.keys.device)
@@ -188,6 +196,7 @@ class BoundedCache(Cache):
         self.policy_name = policy_name
         self.config = config
         self._hooked_model: torch.nn.Module | None = None
+        self._model: torch.nn.Module | None = None  # set by attach_hook
         self._previous_attention: str | None = None
 
     @property
@@ -197,6 +206,7 @@ class BoundedCache(Cache):
 
     def attach_hook(self, model: torch.nn.Module) -> None:
         """Route ``model``'s attention through the hook (done by ``make_cache`` when needed)."""
+        self._model = model
         previous = attention.install(model)
         if self._hooked_model is None:
             self._hooked_model, self._previous_attention = model, previous

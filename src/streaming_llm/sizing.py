@@ -43,7 +43,4 @@ def size_to_bytes(config: PolicyConfig, model: torch.nn.Module, cache_bytes: int
     if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 1:
         raise ValueError(f"cache_bytes must be an integer >= 1; got {cache_bytes!r}")
     geometry = KVGeometry.of(model)
-    slots = cache_bytes // (geometry.num_layers * geometry.bytes_per_slot(config))
-    if slots < 1:
-        raise ValueError(f"cache_bytes={cache_bytes} is less than one slot per layer for policy {config.name!r}")
-    return config.sized(slots)
+    return config.sized_to_bytes(geometry, cache_bytes // geometry.num_layers)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import LayerPolicy, PolicyConfig, SlotView
+from .adms import ADMSConfig
+from .base import LayerPolicy, PolicyConfig, SlotRewrite, SlotView
 from .dynamickv import DynamicKVConfig
 from .full import FullConfig
 from .h2o import H2OConfig
@@ -14,7 +15,7 @@ from .tova import TOVAConfig
 
 REGISTRY: dict[str, type[PolicyConfig]] = {
     cls.name: cls for cls in (
-        FullConfig, SlidingWindowConfig, StreamingConfig, H2OConfig, TOVAConfig, SnapKVConfig, DynamicKVConfig,
+        FullConfig, SlidingWindowConfig, StreamingConfig, ADMSConfig, H2OConfig, TOVAConfig, SnapKVConfig, DynamicKVConfig,
         RocketKVConfig,
     )
 }
@@ -38,7 +39,9 @@ def make_policy_config(policy: str, **params) -> PolicyConfig:
 
 
 __all__ = [
+    "ADMSConfig",
     "REGISTRY",
+    "SlotRewrite",
     "LayerPolicy",
     "PolicyConfig",
     "SlotView",

@@ -35,15 +35,32 @@ class SlotView:
         Number of tokens the layer has seen so far (the stream position after this update).
     new_tokens:
         Tokens appended by the update that triggered this selection (the last ``new_tokens`` slots).
+    keys, values:
+        The stored slots themselves, for policies that score or compress their contents.
     """
 
     positions: torch.Tensor
     seen_tokens: int
     new_tokens: int = 1
+    keys: torch.Tensor | None = None  # (1, H_kv, T, D) as stored (rotated at original positions)
+    values: torch.Tensor | None = None  # (1, H_kv, T, D)
 
     @property
     def num_slots(self) -> int:
         return int(self.positions.shape[-1])
+
+
+@dataclass(frozen=True)
+class SlotRewrite:
+    """A selection that replaces the layer's slots outright (compressed slots are new rows).
+
+    ``keys``/``values`` ``(1, H_kv, T', D)`` rotated at ``positions`` ``(H_kv, T')`` (CPU int64), the
+    same layout the layer keeps: slots of every head ascending in position, recent window last.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor
 
 
 class LayerPolicy(ABC):
@@ -66,12 +83,16 @@ class LayerPolicy(ABC):
     #: Whether :meth:`logit_bias` may return a bias (slots standing for several tokens).
     needs_logit_bias: ClassVar[bool] = False
 
+    #: Whether the policy rotates keys itself (to compress them position-free); the cache then
+    #: hands it the model's position strategy through :meth:`bind_rotary`, shift or not.
+    needs_rotary: ClassVar[bool] = False
+
     @abstractmethod
     def max_slots(self) -> int | None:
         """Upper bound on stored slots after any forward step (``None`` = unbounded)."""
 
-    def select(self, view: SlotView) -> torch.Tensor | None:
-        """Indices of the slots to keep after an update, or ``None`` to keep all."""
+    def select(self, view: SlotView) -> "torch.Tensor | SlotRewrite | None":
+        """Indices of the slots to keep after an update (or a :class:`SlotRewrite`), ``None`` to keep all."""
         return None
 
     def observe(self, probs: torch.Tensor, view: SlotView) -> torch.Tensor | None:
@@ -95,6 +116,14 @@ class LayerPolicy(ABC):
     def state_bytes(self) -> int:
         """Bytes of the policy's own per-slot state (scores, statistics), counted in the cache's bytes."""
         return 0
+
+    def stored_bytes(self) -> int | None:
+        """Bytes of the layer's slots in the policy's own representation (e.g. low-rank factors
+        instead of full rows), or ``None`` when slots are stored as plain K/V rows."""
+        return None
+
+    def bind_rotary(self, strategy) -> None:
+        """Receive the model's position strategy (for ``needs_rotary`` policies)."""
 
     def logit_bias(self, view: SlotView) -> torch.Tensor | None:
         """Additive attention-logit bias for the ``T`` slots of ``view``, ``(H_kv, T)``, or ``None``.
@@ -222,9 +251,24 @@ class PolicyConfig:
         comparisons at equal memory. Unbounded policies raise ``ValueError``."""
         raise ValueError(f"policy {self.name!r} has no budget to size")
 
+    def sized_to_bytes(self, geometry, layer_bytes: int) -> "PolicyConfig":
+        """A copy holding at most ``layer_bytes`` per layer, ``geometry`` a
+        :class:`streaming_llm.sizing.KVGeometry`. Policies whose slots all cost the same divide;
+        others (ADMS: compressed slots are cheaper) override."""
+        slots = layer_bytes // geometry.bytes_per_slot(self)
+        if slots < 1:
+            raise ValueError(f"{layer_bytes} bytes per layer is less than one slot for policy {self.name!r}")
+        return self.sized(slots)
+
     def state_bytes_per_slot(self, num_kv_heads: int) -> int:
         """Bytes of policy state per stored slot (scores, window rows), to size at equal memory."""
         return 0
+
+    def cache_class(self) -> type:
+        """The ``BoundedCache`` subclass built for this policy (ADMS adds its compressors API)."""
+        from ..cache import BoundedCache
+
+        return BoundedCache
 
     def build_layer_policies(self, num_layers: int) -> list[LayerPolicy]:
         """Fresh per-layer policies for one cache; override when layers share state."""
