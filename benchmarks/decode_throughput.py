@@ -18,11 +18,12 @@ import time
 import torch
 from transformers import DynamicCache
 
-from streaming_llm import make_cache
+from streaming_llm import cache_from_config, make_cache, make_policy_config
 from streaming_llm.attention import attention_hook
 from streaming_llm.data import tokenize_stream
 from streaming_llm.models import load_model
 from streaming_llm.report import console_table
+from streaming_llm.sizing import KVGeometry, size_to_bytes
 
 
 def _synchronize(device: torch.device) -> None:
@@ -70,6 +71,15 @@ def main() -> None:
          lambda: make_cache(model, "h2o", heavy_size=half, recent_size=half), False),
         (f"tova {b} (hook, probabilities)", lambda: make_cache(model, "tova", cache_size=b), False),
     ]
+    # ADMS at the bytes of streaming 4+(b-4): sinks 4, a mid budget of b/2, the recent window sized to fit
+    geometry = KVGeometry.of(model)
+    equal_bytes = geometry.num_layers * b * geometry.bytes_per_slot(make_policy_config("streaming"))
+    for compressor, ratio in (("low_rank", 0.5), ("low_rank", 1.0), ("vq", 0.5), ("summary", 0.5)):
+        config = size_to_bytes(make_policy_config(
+            "adms", start_size=4, enable_dynamic_sink=False, compressed_budget=half, compressor_type=compressor,
+            importance_ratio=ratio), model, equal_bytes)
+        runs.append((f"adms {compressor} ratio {ratio}, mid {half}, recent {config.recent_size}",
+                     lambda config=config: cache_from_config(model, config), False))
     rows = []
     for name, build, force_hook in runs:
         cache = build()
