@@ -166,6 +166,8 @@ class ADMSConfig(PolicyConfig):
         else:
             row = exact_row + num_kv_heads * _COUNT_BYTES
             bases = 0
+            if self.compressor_type == "vq":  # never more centroids than num_clusters
+                compressed = min(compressed, self.num_clusters)
         return exact_rows * exact_row + compressed * (row) + bases
 
     def sized_to_bytes(self, geometry, layer_bytes: int) -> "ADMSConfig":
