@@ -73,6 +73,16 @@ def test_budget_holds_after_every_update(params, chunk, seed):
         stream(ids, cache, chunk, check)
 
 
+def test_budget_holds_for_adaptive_heads_without_compressed_share(token_stream):
+    """Regression (found by the property test): with adaptive budgets a head whose exact share
+    takes its whole mid budget gets no compressed slot, even from vq."""
+    cache = make_cache(MODEL, "adms", start_size=0, recent_size=1, compressed_budget=3, compressor_type="vq",
+                       num_clusters=1, compression_interval=1, importance_ratio=0.0, min_importance_tokens=2,
+                       use_adaptive_budget=True, enable_dynamic_sink=False, enable_pos_shift=False)
+    with cache:
+        stream(token_stream[:, :60], cache, 1, lambda c, logits: None if max(c.cache_tokens()) <= 4 else pytest.fail("over budget"))
+
+
 def test_zero_mid_budget_is_streaming_llm(token_stream):
     """compressed_budget=0 leaves sinks + recent: the same logits as StreamingLLM."""
     ids = token_stream[:, :120]

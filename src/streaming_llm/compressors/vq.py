@@ -52,4 +52,5 @@ class VQCompressor(Compressor):
             return pad_to_common_size(points, present)  # nothing to merge yet
         assignment = kmeans_assignment(points.keys, points.counts, clusters, self.iterations)
         merged = weighted_means(points, assignment, int(clusters.max()))
-        return pad_to_common_size(merged, merged.counts > 0)
+        active = torch.arange(merged.size, device=clusters.device) < clusters[:, None]  # heads with capacity 0 get none
+        return pad_to_common_size(merged, (merged.counts > 0) & active)

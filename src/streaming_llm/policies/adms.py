@@ -53,6 +53,7 @@ import torch
 from ..compressors import (
     Compressor, CustomCompressor, LowRankCompressor, PointSet, SummaryCompressor, VQCompressor,
 )
+from ..compressors.base import pad_to_common_size
 from ..selection import coverage_ranking
 from .base import LayerPolicy, PolicyConfig, SlotRewrite, SlotView, check_int
 from .scored import per_kv_head
@@ -443,6 +444,9 @@ class ADMSLayer(LayerPolicy):
         incoming = PointSet(unrotated, values.float(), demoted.float(), positions.double(), scores * demoted)
         points = incoming if self.tier is None else _as_float(self.tier).cat(incoming)
         tier = self.compressor.compress(points, capacity)
+        # the budget must hold whatever a compressor returns: at most capacity[h] real slots per head
+        real = tier.counts > 0
+        tier = pad_to_common_size(tier, real & (real.cumsum(dim=-1) <= capacity[:, None]))
         tier.keys, tier.values = tier.keys.to(keys.dtype), tier.values.to(values.dtype)
         self.tier = tier
 
