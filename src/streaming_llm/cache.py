@@ -26,11 +26,9 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from . import attention
-from .policies.base import LayerPolicy, SlotRewrite, SlotView
+from .policies.base import POSITION_BYTES, LayerPolicy, SlotRewrite, SlotView
 from .positions import PositionStrategy
 
-#: bytes of the per-slot position metadata (int64), counted in ``cache_bytes()``.
-_POSITION_BYTES = 8
 
 
 class BoundedLayer(CacheLayerMixin):
@@ -144,7 +142,7 @@ class BoundedLayer(CacheLayerMixin):
         kv = self.policy.stored_bytes()
         if kv is None:
             kv = self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
-        return kv + self.positions.numel() * _POSITION_BYTES + self.policy.state_bytes()
+        return kv + self.positions.numel() * POSITION_BYTES + self.policy.state_bytes()
 
     def keep(self, keep: torch.Tensor | None) -> None:
         """Keep slots ``keep`` (see :meth:`_keep`); for policies that trim outside an update."""

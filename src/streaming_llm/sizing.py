@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from .policies import PolicyConfig
+from .policies.base import POSITION_BYTES
 
-_POSITION_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class KVGeometry:
     def bytes_per_slot(self, config: PolicyConfig) -> int:
         """Bytes one slot of one layer costs under ``config``."""
         kv = 2 * self.num_kv_heads * self.head_dim * self.element_bytes
-        return kv + self.num_kv_heads * _POSITION_BYTES + config.state_bytes_per_slot(self.num_kv_heads)
+        return kv + self.num_kv_heads * POSITION_BYTES + config.state_bytes_per_slot(self.num_kv_heads)
 
 
 def size_to_bytes(config: PolicyConfig, model: torch.nn.Module, cache_bytes: int) -> PolicyConfig:

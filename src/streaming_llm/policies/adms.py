@@ -55,15 +55,19 @@ from ..compressors import (
 )
 from ..compressors.base import pad_to_common_size
 from ..selection import coverage_ranking
-from .base import LayerPolicy, PolicyConfig, SlotRewrite, SlotView, check_int
+from .base import POSITION_BYTES, LayerPolicy, PolicyConfig, SlotRewrite, SlotView, check_int
 from .scored import per_kv_head
 from .streaming import dynamic_sink_size
 
 logger = logging.getLogger("streaming_llm.adms")
 
-_POSITION_BYTES = 8
 _SCORE_BYTES = 4
 _COUNT_BYTES = 4
+
+
+def _exact_row_bytes(num_kv_heads: int, head_dim: int, element_bytes: int) -> int:
+    """Bytes of one exact slot of one layer: K and V rows, a position and a score per KV head."""
+    return num_kv_heads * (2 * head_dim * element_bytes + POSITION_BYTES + _SCORE_BYTES)
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -157,25 +161,25 @@ class ADMSConfig(PolicyConfig):
     def layer_bytes(self, num_kv_heads: int, head_dim: int, element_bytes: int) -> int:
         """Most bytes one layer's cache can hold (without adaptive budgets): sinks, recent,
         pending and exact mid rows at full size, compressed slots in the compressor's form."""
-        exact_row = num_kv_heads * (2 * head_dim * element_bytes + _POSITION_BYTES + _SCORE_BYTES)
+        exact_row = _exact_row_bytes(num_kv_heads, head_dim, element_bytes)
         exact_rows = self.sink_size + self.recent_size + self.pending_headroom + self.exact_budget
         compressed = self.mid_capacity - self.exact_budget
         if self.compressor_type == "low_rank":
             rank = min(self.rank, head_dim)
-            row = num_kv_heads * (2 * rank * element_bytes + _POSITION_BYTES + _SCORE_BYTES)
+            row = num_kv_heads * (2 * rank * element_bytes + POSITION_BYTES + _SCORE_BYTES)
             bases = 2 * num_kv_heads * rank * head_dim * element_bytes if compressed else 0
         else:
             row = exact_row + num_kv_heads * _COUNT_BYTES
             bases = 0
             if self.compressor_type == "vq":  # never more centroids than num_clusters
                 compressed = min(compressed, self.num_clusters)
-        return exact_rows * exact_row + compressed * (row) + bases
+        return exact_rows * exact_row + compressed * row + bases
 
     def sized_to_bytes(self, geometry, layer_bytes: int) -> "ADMSConfig":
         """The recent window that fills ``layer_bytes`` per layer, sinks and mid budget fixed."""
         fixed = replace(self, recent_size=1)
         row = fixed.layer_bytes(geometry.num_kv_heads, geometry.head_dim, geometry.element_bytes)
-        per_recent = geometry.num_kv_heads * (2 * geometry.head_dim * geometry.element_bytes + _POSITION_BYTES + _SCORE_BYTES)
+        per_recent = _exact_row_bytes(geometry.num_kv_heads, geometry.head_dim, geometry.element_bytes)
         recent = 1 + (layer_bytes - row) // per_recent
         if recent < 1:
             raise ValueError(

@@ -20,6 +20,9 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+#: bytes of the per-slot, per-KV-head position metadata (int64), counted in ``cache_bytes()``.
+POSITION_BYTES = 8
+
 
 @dataclass(frozen=True)
 class SlotView:
