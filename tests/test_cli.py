@@ -34,9 +34,12 @@ def test_eval_compares_policies_and_writes_reports(tiny_model_dir, tmp_path, cap
     assert window["cache_tokens_max"] == sinks["cache_tokens_max"] == 16
     assert window["cache_bytes_max"] == sinks["cache_bytes_max"] < full["cache_bytes_max"]
     assert sinks["params"]["start_size"] == 2 and sinks["params"]["recent_size"] == 14
-    assert {p.name for p in out.iterdir()} == {"runs", "results.json", "results.csv", "results.md"}
+    figures = {"ppl_stream.png", "ppl_vs_bytes.png", "speed_vs_bytes.png"}
+    assert {p.name for p in out.iterdir()} == {"runs", "results.json", "results.csv", "results.md", *figures}
     assert len(list((out / "runs").glob("*.json"))) == 3
-    assert "| streaming |" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "| streaming |" in report
+    assert all(f"]({name})" in report for name in figures)  # the figures are embedded in the report
 
 
 def test_rerun_reuses_records_and_force_reruns(tiny_model_dir, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""``streaming-llm`` command line: ``eval`` compares policies on one stream; ``policies`` lists them."""
+"""``streaming-llm`` command line: ``eval`` compares policies on one stream; ``sweep`` runs a grid of
+scenarios x profiles; ``policies`` lists the policies."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .data import DEFAULT_TEXT, list_builtin_texts, tokenize_stream
-from .evaluation.runs import SUMMARY_COLUMNS, RunSpec, run_identity, run_perplexity
-from .models import DEFAULT_MODEL, DTYPES, load_model
+from .data import DEFAULT_TEXT, list_builtin_texts, load_text
+from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_reuse
+from .evaluation.runs import SUMMARY_COLUMNS, RunSpec
+from .models import DEFAULT_MODEL, DTYPES
 from .policies import get_policy_config_class, list_policies
-from .sizing import size_to_bytes
 from .report import console_table, csv_text, markdown_table, write_atomic, write_json
+from .report.plots import markdown_images, write_standard_plots
 
 log = logging.getLogger("streaming_llm")
 
@@ -61,61 +63,37 @@ def _write_reports(output_dir: Path, records: list[dict[str, Any]], command: str
         f"Model `{first['model']}`, text `{first['text']}`, {first['tokens']} tokens, chunk size "
         f"{first['chunk_size']}, {first['dtype']} on {first['device']}.\n\n"
     )
-    write_atomic(output_dir / "results.md", header + markdown_table(rows, SUMMARY_COLUMNS))
+    plots = write_standard_plots(records, output_dir)
+    write_atomic(output_dir / "results.md", header + markdown_table(rows, SUMMARY_COLUMNS) + "\n"
+                 + markdown_images(plots, output_dir))
 
 
-def _sized(config, model, cache_bytes: int):
-    if config.name == "full":
-        log.info("full: unbounded reference, not sized to --cache-bytes")
-        return config
-    sized = size_to_bytes(config, model, cache_bytes)
-    log.info("%s sized to %d bytes: %s", config.name, cache_bytes, sized)
-    return sized
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
+def _eval_jobs(args: argparse.Namespace) -> list[Job]:
     specs = _parse_set(args.set or [], [RunSpec.parse(p) for p in args.policy])
-    configs = [spec.config() for spec in specs]  # validate everything before loading anything
     if args.num_tokens < 2:
         raise ValueError(f"--num-tokens must be an integer >= 2; got {args.num_tokens}")
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be an integer >= 1; got {args.chunk_size}")
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    device = str(next(model.parameters()).device)
-    text_label = args.text if args.dataset is None else f"hf:{args.dataset}/{args.dataset_config}/{args.split}"
-    token_ids = tokenize_stream(
-        tokenizer,
-        text=None if args.dataset else (args.text or DEFAULT_TEXT),
-        dataset_name=args.dataset,
-        dataset_config=args.dataset_config,
-        split=args.split,
-        num_samples=args.num_samples,
-        num_tokens=args.num_tokens,
-        concat_stream=not args.no_concat_stream,
-    )
-    if len(token_ids) < args.num_tokens:
-        log.warning("the text has only %d tokens (asked for %d)", len(token_ids), args.num_tokens)
-    if args.cache_bytes is not None:
-        configs = [_sized(config, model, args.cache_bytes) for config in configs]
-    output_dir = Path(args.output_dir) if args.output_dir else None
-    records = []
-    for config in configs:
-        identity = run_identity(config, model=args.model, text=text_label, tokens=len(token_ids),
-                                chunk_size=args.chunk_size, dtype=args.dtype, device=device)
-        if args.cache_bytes is not None:
-            identity["cache_bytes_target"] = args.cache_bytes
-        record = None
-        if output_dir is not None and not args.force:
-            from .evaluation.runs import run_id
+    source = StreamSource(model=args.model, text=None if args.dataset else (args.text or DEFAULT_TEXT),
+                          dataset=args.dataset, dataset_config=args.dataset_config, split=args.split,
+                          num_samples=args.num_samples, num_tokens=args.num_tokens,
+                          concat_stream=not args.no_concat_stream)
+    settings = RunSettings(chunk_size=args.chunk_size, dtype=args.dtype, device=args.device)
+    if args.dataset is None:
+        load_text(source.text)  # a missing file fails now, before the model loads
+    # Job validates every policy before anything is loaded
+    return [Job(source, spec, settings, cache_bytes=None if spec.policy == "full" else args.cache_bytes)
+            for spec in specs]
 
-            existing = output_dir / "runs" / f"{run_id(identity)}.json"
-            if existing.is_file():
-                record = json.loads(existing.read_text())
-                log.info("%s: reusing %s (use --force to rerun)", config.name, existing)
-        if record is None:
-            record = run_perplexity(model, token_ids, config, identity, progress=not args.quiet)
-            if output_dir is not None:
-                write_json(output_dir / "runs" / f"{record['id']}.json", record)
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    jobs = _eval_jobs(args)
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    workspace = Workspace()
+    records = []
+    for job in jobs:
+        record = run_or_reuse(job, output_dir / "runs" if output_dir else None, workspace, force=args.force,
+                              progress=not args.quiet)
         records.append(record)
         if args.json:
             print(json.dumps({k: v for k, v in record.items() if k not in ("nll", "cache_tokens_per_step")}), flush=True)
@@ -126,6 +104,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"\nreport: {output_dir / 'results.md'}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import load_grid, run_sweep
+    from .sweep.grid import split_scenario_lines
+
+    grid = load_grid(args.grid)
+    named, lines = [], []
+    for item in args.scenarios or []:
+        for part in split_scenario_lines(item):
+            (lines if "=" in part else named).append(part)
+    executor = None
+    if args.ray:
+        from .sweep.ray_executor import RayExecutor
+
+        executor = RayExecutor(address=args.address, num_cpus=args.ray_cpus)
+    elif args.address:
+        raise ValueError("--address needs --ray")
+    outcome = run_sweep(grid, args.output_root, scenarios=named or None, profiles=args.profiles or None,
+                        extra_scenarios=[grid.scenario_from_line(line) for line in lines], force=args.force,
+                        executor=executor, progress=not args.quiet)
+    print(f"sweep: {outcome.ran} run(s) done, {outcome.reused} reused, {len(outcome.failures)} failed; "
+          f"report: {outcome.report}")
+    for key, error in outcome.failures.items():
+        print(f"  failed {key}: {error}", file=sys.stderr)
+    return 1 if outcome.failures else 0
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
@@ -164,6 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
+
+    sw = sub.add_parser("sweep", help="run a grid of scenarios x profiles (TOML/YAML), resumable, optionally on Ray")
+    sw.add_argument("grid", nargs="?", default="builtin:adms_report",
+                    help="a .toml/.yaml grid file or builtin:adms_report (default)")
+    sw.add_argument("--output-root", default="outputs/auto_adms_runs", help="where runs and reports go")
+    sw.add_argument("--scenarios", nargs="+", metavar="NAME|'name=X model=Y ...'",
+                    help="scenario names of the grid ('all' = every one), or whole scenarios as seed 000 writes "
+                         "them (default: the grid's default scenarios)")
+    sw.add_argument("--profiles", nargs="+", metavar="NAME", help="profiles of the grid (default: the grid's)")
+    sw.add_argument("--force", action="store_true", help="rerun runs whose records or summary.json exist")
+    sw.add_argument("--ray", action="store_true", help="run each run as a Ray task (pip install 'streaming_llm[ray]')")
+    sw.add_argument("--address", default=None, help="with --ray: an existing cluster (e.g. auto, ray://host:10001)")
+    sw.add_argument("--ray-cpus", type=int, default=None, help="with --ray and no --address: CPUs of the local Ray")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.set_defaults(func=cmd_sweep)
 
     pol = sub.add_parser("policies", help="list policies and their parameters")
     pol.set_defaults(func=cmd_policies)

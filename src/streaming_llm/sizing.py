@@ -15,8 +15,6 @@ import torch
 from .policies import PolicyConfig
 from .policies.base import POSITION_BYTES
 
-
-
 @dataclass(frozen=True)
 class KVGeometry:
     num_layers: int
@@ -44,3 +42,10 @@ def size_to_bytes(config: PolicyConfig, model: torch.nn.Module, cache_bytes: int
         raise ValueError(f"cache_bytes must be an integer >= 1; got {cache_bytes!r}")
     geometry = KVGeometry.of(model)
     return config.sized_to_bytes(geometry, cache_bytes // geometry.num_layers)
+
+
+def cache_bytes_of(config: PolicyConfig, model: torch.nn.Module) -> int:
+    """Most bytes a cache following ``config`` holds on ``model``: the memory that an
+    equal-memory comparison gives every other policy. Unbounded policies raise ``ValueError``."""
+    geometry = KVGeometry.of(model)
+    return config.max_cache_bytes(geometry)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,10 +84,36 @@ def run_identity(config: PolicyConfig, *, model: str, text: str, tokens: int, ch
     }
 
 
+class _LineCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def collect_policy_log() -> Iterator[list[str]]:
+    """Collect what policies log during a run (e.g. ADMS's ``[ADMS Stats @ N]`` lines) so the
+    record keeps them; the lines still reach whatever handlers logging is configured with."""
+    logger = logging.getLogger("streaming_llm")
+    collector = _LineCollector()
+    previous = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)  # the lines are INFO; without this they would be dropped unseen
+    logger.addHandler(collector)
+    try:
+        yield collector.lines
+    finally:
+        logger.removeHandler(collector)
+        logger.setLevel(previous)
+
+
 def run_perplexity(model, token_ids: list[int], config: PolicyConfig, identity: dict[str, Any],
                    progress: bool = True) -> dict[str, Any]:
     """Stream ``token_ids`` with a fresh cache built from ``config``; returns the run record."""
-    with cache_from_config(model, config) as cache:  # restores the model's attention afterwards
+    with cache_from_config(model, config) as cache, collect_policy_log() as log_lines:  # restores attention after
         result = stream(model, cache, token_ids, chunk_size=identity["chunk_size"], progress=progress,
                         description=config.name)
     return {
@@ -102,6 +131,7 @@ def run_perplexity(model, token_ids: list[int], config: PolicyConfig, identity: 
         "peak_rss_bytes": result.peak_rss_bytes,
         "peak_device_bytes": result.peak_device_bytes,
         "versions": library_versions(),
+        "log": log_lines,
         "nll": result.nll,
         "cache_tokens_per_step": result.cache_tokens,
     }

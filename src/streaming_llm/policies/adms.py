@@ -188,6 +188,9 @@ class ADMSConfig(PolicyConfig):
             )
         return replace(self, recent_size=int(recent))
 
+    def max_cache_bytes(self, geometry) -> int:
+        return geometry.num_layers * self.layer_bytes(geometry.num_kv_heads, geometry.head_dim, geometry.element_bytes)
+
     def sized(self, slots: int) -> "ADMSConfig":
         recent = slots - self.sink_size - self.compressed_budget
         if recent < 1:

@@ -263,6 +263,13 @@ class PolicyConfig:
             raise ValueError(f"{layer_bytes} bytes per layer is less than one slot for policy {self.name!r}")
         return self.sized(slots)
 
+    def max_cache_bytes(self, geometry) -> int:
+        """Most bytes a whole cache holds (all layers), from the layers' slot budgets."""
+        budgets = [policy.max_slots() for policy in self.build_layer_policies(geometry.num_layers)]
+        if any(b is None for b in budgets):
+            raise ValueError(f"policy {self.name!r} is unbounded: it has no memory to match")
+        return sum(budgets) * geometry.bytes_per_slot(self)
+
     def state_bytes_per_slot(self, num_kv_heads: int) -> int:
         """Bytes of policy state per stored slot (scores, window rows), to size at equal memory."""
         return 0

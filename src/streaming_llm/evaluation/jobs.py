@@ -1,0 +1,216 @@
+"""A job = one policy streamed over one token stream; the unit that ``eval``, ``sweep`` and the
+seed's example script run, locally or as a Ray task.
+
+A :class:`Job` is plain data (it pickles and hashes to a stable key), so a sweep can decide
+which runs are done before loading any model, and a Ray worker can rebuild everything from it.
+Running a job (:func:`execute_job`) loads the model and the stream through a
+:class:`Workspace`, which keeps the last model and streams so consecutive jobs share them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import DEFAULT_TEXT, tokenize_stream
+from ..models import DEFAULT_MODEL, DTYPES, load_model
+from ..report import write_json
+from ..sizing import cache_bytes_of, size_to_bytes
+from .runs import RunSpec, run_identity, run_perplexity
+
+log = logging.getLogger("streaming_llm")
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """Where the evaluated tokens come from: a model's tokenizer over a text or an HF dataset."""
+
+    model: str = DEFAULT_MODEL
+    text: str | None = None  # a file or builtin:NAME; DEFAULT_TEXT when no dataset is given
+    dataset: str | None = None
+    dataset_config: str | None = None
+    split: str = "test"
+    num_samples: int | None = None
+    num_tokens: int = 4096
+    concat_stream: bool = True
+
+    def __post_init__(self) -> None:
+        if self.text is not None and self.dataset is not None:
+            raise ValueError(f"give text or dataset, not both; got text={self.text!r}, dataset={self.dataset!r}")
+        if isinstance(self.num_tokens, bool) or not isinstance(self.num_tokens, int) or self.num_tokens < 2:
+            raise ValueError(f"num_tokens must be an integer >= 2; got {self.num_tokens!r}")
+        if self.num_samples is not None and (not isinstance(self.num_samples, int) or self.num_samples < 1):
+            raise ValueError(f"num_samples must be an integer >= 1 or None; got {self.num_samples!r}")
+
+    @property
+    def label(self) -> str:
+        if self.dataset is None:
+            return self.text or DEFAULT_TEXT
+        return f"hf:{self.dataset}/{self.dataset_config}/{self.split}"
+
+    def token_ids(self, tokenizer) -> list[int]:
+        return tokenize_stream(
+            tokenizer,
+            text=None if self.dataset else (self.text or DEFAULT_TEXT),
+            dataset_name=self.dataset,
+            dataset_config=self.dataset_config,
+            split=self.split,
+            num_samples=self.num_samples,
+            num_tokens=self.num_tokens,
+            concat_stream=self.concat_stream,
+        )
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a stream is run: tokens per forward, precision, device, torch seed."""
+
+    chunk_size: int = 1
+    dtype: str = "float32"
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be an integer >= 1; got {self.chunk_size!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer; got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One policy over one stream. Memory is the policy's own budget, a fixed ``cache_bytes``, or
+    the bytes of ``equal_memory_to`` (another policy, e.g. StreamingLLM) on the job's model.
+
+    ``labels`` (scenario, profile, ...) are carried into the record but do not change the run.
+    """
+
+    source: StreamSource
+    spec: RunSpec
+    settings: RunSettings = RunSettings()
+    cache_bytes: int | None = None
+    equal_memory_to: RunSpec | None = None
+    labels: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        self.spec.config()  # validate the policy and its parameters before anything runs
+        if self.equal_memory_to is not None:
+            self.equal_memory_to.config()
+        if self.cache_bytes is not None and self.equal_memory_to is not None:
+            raise ValueError("give cache_bytes or equal_memory_to, not both")
+        if self.cache_bytes is not None and (
+            isinstance(self.cache_bytes, bool) or not isinstance(self.cache_bytes, int) or self.cache_bytes < 1
+        ):
+            raise ValueError(f"cache_bytes must be an integer >= 1; got {self.cache_bytes!r}")
+
+    def definition(self) -> dict[str, Any]:
+        """Everything that determines the run's results (labels excluded)."""
+        return {
+            "source": dataclasses.asdict(self.source),
+            "policy": self.spec.policy,
+            # validated values, so "4" and 4 (CLI vs TOML) name the same run
+            "params": self.spec.config().to_dict(),
+            "settings": dataclasses.asdict(self.settings),
+            "cache_bytes": self.cache_bytes,
+            "equal_memory_to": None if self.equal_memory_to is None else {
+                "policy": self.equal_memory_to.policy, "params": self.equal_memory_to.config().to_dict()},
+        }
+
+    @property
+    def key(self) -> str:
+        """Stable file name of the job's record: ``POLICY-<hash of definition()>``."""
+        blob = json.dumps(self.definition(), sort_keys=True, default=str).encode()
+        return f"{self.spec.policy}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+class Workspace:
+    """Keeps the most recently loaded model and the token streams made with its tokenizer."""
+
+    def __init__(self) -> None:
+        self._model_key: tuple[str, str, str] | None = None
+        self._model = self._tokenizer = None
+        self._streams: dict[StreamSource, list[int]] = {}
+
+    def model(self, name: str, dtype: str, device: str):
+        key = (name, dtype, device)
+        if key != self._model_key:
+            self._model = self._tokenizer = None  # free the previous model before loading the next
+            self._streams.clear()
+            self._model, self._tokenizer = load_model(name, dtype=dtype, device=device)
+            self._model_key = key
+        return self._model, self._tokenizer
+
+    def stream(self, source: StreamSource, settings: RunSettings) -> tuple[Any, list[int]]:
+        model, tokenizer = self.model(source.model, settings.dtype, settings.device)
+        if source not in self._streams:
+            ids = source.token_ids(tokenizer)
+            if len(ids) < source.num_tokens:
+                log.warning("%s has only %d tokens (asked for %d)", source.label, len(ids), source.num_tokens)
+            self._streams[source] = ids
+        return model, self._streams[source]
+
+
+def model_info(model: torch.nn.Module) -> dict[str, Any]:
+    """Context metadata of a model for reports: family, context length, KV geometry."""
+    config = model.config.get_text_config(decoder=True)
+    return {
+        "model_type": getattr(config, "model_type", None),
+        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+        "num_layers": getattr(config, "num_hidden_layers", None),
+        "num_attention_heads": getattr(config, "num_attention_heads", None),
+        "num_kv_heads": getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def resolve_config(job: Job, model: torch.nn.Module):
+    """The job's policy config, sized to its memory target on ``model`` (full stays unbounded)."""
+    config = job.spec.config()
+    target = job.cache_bytes
+    if job.equal_memory_to is not None:
+        target = cache_bytes_of(job.equal_memory_to.config(), model)
+    if target is None or config.name == "full":
+        return config, None
+    sized = size_to_bytes(config, model, target)
+    log.info("%s sized to %d bytes: %s", config.name, target, sized)
+    return sized, target
+
+
+def execute_job(job: Job, workspace: Workspace | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run ``job`` and return its record (see :func:`streaming_llm.evaluation.runs.run_perplexity`)."""
+    workspace = workspace or Workspace()
+    model, token_ids = workspace.stream(job.source, job.settings)
+    config, target = resolve_config(job, model)
+    identity = run_identity(config, model=job.source.model, text=job.source.label, tokens=len(token_ids),
+                            chunk_size=job.settings.chunk_size, dtype=job.settings.dtype,
+                            device=str(next(model.parameters()).device))
+    if target is not None:
+        identity["cache_bytes_target"] = target
+    torch.manual_seed(job.settings.seed)
+    record = run_perplexity(model, token_ids, config, identity, progress=progress)
+    record.update(job_key=job.key, job=job.definition(), labels=dict(job.labels), seed=job.settings.seed,
+                  model_info=model_info(model))
+    return record
+
+
+def run_or_reuse(job: Job, runs_dir: Path | None, workspace: Workspace, *, force: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    """The record of ``job``: read from ``runs_dir/<key>.json`` when it exists (unless ``force``),
+    else run it and write it there atomically before returning."""
+    path = None if runs_dir is None else Path(runs_dir) / f"{job.key}.json"
+    if path is not None and path.is_file() and not force:
+        log.info("%s: reusing %s (force to rerun)", job.spec.policy, path)
+        return json.loads(path.read_text())
+    record = execute_job(job, workspace, progress=progress)
+    if path is not None:
+        write_json(path, record)
+    return record

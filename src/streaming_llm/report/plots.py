@@ -1,0 +1,134 @@
+"""Figures for the reports (matplotlib, drawn off-screen): perplexity along the stream, and
+perplexity / throughput against cache bytes with the Pareto front.
+
+Each function takes run records (see :func:`streaming_llm.evaluation.runs.run_perplexity`) and
+writes one PNG atomically; it returns the path, or ``None`` when there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # no display on servers; keeps an interactive backend if one is set
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+#: parameters that tell runs apart in a legend, with their short names ("" = value only)
+LABEL_PARAMS = {"start_size": "sink", "recent_size": "recent", "window_size": "window", "heavy_size": "heavy",
+                "cache_size": "cache", "storage_size": "storage", "topk": "topk", "compressed_budget": "mid",
+                "compressor_type": "", "importance_ratio": "ratio", "importance_metric": ""}
+
+
+def run_label(record: dict[str, Any]) -> str:
+    """Short legend label: the policy and the parameters that tell runs apart."""
+    params = record.get("params", {})
+    detail = ",".join(f"{short}={params[k]}" if short else str(params[k])
+                      for k, short in LABEL_PARAMS.items() if k in params)
+    return f"{record['policy']} {detail}".strip()
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        _pyplot().close(fig)
+    return path
+
+
+def windowed_ppl(nll: Sequence[float], window: int) -> tuple[list[int], list[float]]:
+    """Perplexity of consecutive non-overlapping windows of ``window`` predictions: (window end
+    token index, PPL). Windows show where along the stream a policy loses, which a running mean hides."""
+    ends, values = [], []
+    for start in range(0, len(nll) - window + 1, window):
+        chunk = nll[start : start + window]
+        ends.append(start + window)
+        values.append(math.exp(sum(chunk) / window))
+    return ends, values
+
+
+def plot_ppl_along_stream(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    drawable = [r for r in records if r.get("nll")]
+    if not drawable:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    longest = max(len(r["nll"]) for r in drawable)
+    window = max(16, longest // 48)
+    for record in drawable:
+        ends, values = windowed_ppl(record["nll"], min(window, len(record["nll"])))
+        ax.plot(ends, values, label=run_label(record), linewidth=1.2)
+    ax.set_xlabel("token position in the stream")
+    ax.set_ylabel(f"perplexity (windows of {window} tokens)")
+    ax.set_yscale("log")
+    ax.set_title(title or "Perplexity along the stream")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def pareto_front(points: Sequence[tuple[float, float]], lower_is_better: bool = True) -> list[tuple[float, float]]:
+    """Points not dominated by one with fewer (or equal) bytes and a better value, by bytes."""
+    front: list[tuple[float, float]] = []
+    best = math.inf if lower_is_better else -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], p[1] if lower_is_better else -p[1])):
+        if (y < best) if lower_is_better else (y > best):
+            front.append((x, y))
+            best = y
+    return front
+
+
+def plot_against_bytes(records: Sequence[dict[str, Any]], path: Path, metric: str = "ppl",
+                       title: str = "") -> Path | None:
+    """``metric`` (``ppl``: lower is better; ``tok_per_s``: higher) of each run against its peak
+    cache bytes, with the Pareto front drawn through the best runs."""
+    points = [(r["cache_bytes_max"], r[metric], r) for r in records
+              if r.get(metric) is not None and r.get("cache_bytes_max") and math.isfinite(r[metric])]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    for x, y, record in points:
+        ax.scatter([x / 2**20], [y], s=28)
+        ax.annotate(run_label(record), (x / 2**20, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    lower = metric == "ppl"
+    front = pareto_front([(x, y) for x, y, _ in points], lower_is_better=lower)
+    ax.plot([x / 2**20 for x, _ in front], [y for _, y in front], "k--", linewidth=0.8, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak cache (MiB, log scale)")
+    ax.set_ylabel({"ppl": "perplexity", "tok_per_s": "tokens / s"}.get(metric, metric))
+    ax.set_title(title or f"{metric} vs cache bytes")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def write_standard_plots(records: Sequence[dict[str, Any]], folder: Path, title: str = "") -> dict[str, Path]:
+    """The three figures of a comparison, by name: ``ppl_stream``, ``ppl_vs_bytes``, ``speed_vs_bytes``."""
+    suffix = f" — {title}" if title else ""
+    made = {
+        "ppl_stream": plot_ppl_along_stream(records, folder / "ppl_stream.png", "Perplexity along the stream" + suffix),
+        "ppl_vs_bytes": plot_against_bytes(records, folder / "ppl_vs_bytes.png", "ppl", "Perplexity vs cache" + suffix),
+        "speed_vs_bytes": plot_against_bytes(records, folder / "speed_vs_bytes.png", "tok_per_s",
+                                             "Throughput vs cache" + suffix),
+    }
+    return {name: path for name, path in made.items() if path is not None}
+
+
+def markdown_images(paths: dict[str, Path], relative_to: Path) -> str:
+    return "".join(f"![{name}]({os.path.relpath(path, relative_to)})\n\n" for name, path in paths.items())
