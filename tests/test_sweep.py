@@ -92,6 +92,27 @@ def test_scenario_overrides_reach_the_policies_that_have_them(tiny_model_dir, tm
     assert all(j.equal_memory_to is None for j in jobs if j.spec.policy != "adms")  # reference and full unsized
 
 
+def test_a_profile_can_fix_the_cache_bytes(tiny_model_dir, tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(f"""
+[scenarios.s]
+model = "{tiny_model_dir}"
+tokens = 40
+[profiles.fixed]
+cache_bytes = 20000
+policies = ["full", "streaming:start_size=2", "h2o"]
+""")
+    grid = load_grid(str(path))
+    jobs = jobs_for(grid.scenarios["s"], grid.profiles["fixed"])
+    assert [j.cache_bytes for j in jobs] == [None, 20000, 20000]
+    outcome = run_sweep(grid, tmp_path / "out", progress=False)
+    records = _records(tmp_path / "out")
+    assert outcome.ran == 3
+    bounded = [r for r in records.values() if r["policy"] != "full"]
+    assert all(r["cache_bytes_target"] == 20000 and r["cache_bytes_max"] <= 20000 for r in bounded)
+    assert max(r["cache_bytes_max"] for r in bounded) > 20000 * 0.8  # sized up to the target, not far below
+
+
 def test_seed_scenario_lines_parse():
     line = ("name=llama3_8k model=meta-llama/Meta-Llama-3-8B-Instruct dataset=wikitext task=wikitext-103-raw-v1 "
             "split=test samples=64 tokens=8192 log_every=512")
@@ -115,6 +136,7 @@ def test_seed_scenario_lines_parse():
     ("[scenarios.s]\ntokenz = 3\n[profiles.p]\npolicies = ['streaming']\n", "unknown key(s) tokenz"),
     ("[scenarios.s]\ntokens = 1\n[profiles.p]\npolicies = ['streaming']\n", "num_tokens must be an integer >= 2"),
     ("[defaults]\nprofiles = ['q']\n[profiles.p]\npolicies = ['streaming']\n", "unknown profile 'q'"),
+    ("[profiles.p]\npolicies = ['streaming']\ncache_bytes = 0\n", "cache_bytes must be an integer >= 1"),
 ])
 def test_bad_grids_raise_clear_errors(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -14,7 +14,8 @@ A grid is a TOML or YAML file::
     log_every = 512
 
     [profiles.balanced]
-    equal_memory_to = "streaming"    # size bounded policies to this entry's bytes (optional)
+    equal_memory_to = "streaming"    # size bounded policies to this entry's bytes (optional;
+                                     # or cache_bytes = N: every bounded policy to N bytes)
     policies = ["full", "streaming:start_size=4,recent_size=252", "adms:importance_ratio=1.0"]
 
 A scenario can also be written on one line, as the seed's ``SCENARIOS`` variable does:
@@ -118,16 +119,18 @@ def split_scenario_lines(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Profile:
-    """Policies compared in one scenario, optionally all at the memory of one of them."""
+    """Policies compared in one scenario, optionally all at the memory of one of them or at a
+    fixed number of cache bytes."""
 
     name: str
     specs: tuple[RunSpec, ...]
     equal_memory_to: RunSpec | None = None
     description: str = ""
+    cache_bytes: int | None = None
 
     @classmethod
     def from_dict(cls, name: str, values: dict[str, Any]) -> "Profile":
-        _check_keys(f"profile {name!r}", values, {"policies", "equal_memory_to", "description"})
+        _check_keys(f"profile {name!r}", values, {"policies", "equal_memory_to", "cache_bytes", "description"})
         entries = values.get("policies")
         if not entries:
             raise ValueError(f"profile {name!r}: policies must be a non-empty list")
@@ -139,7 +142,12 @@ class Profile:
             if matched is None:
                 raise ValueError(f"profile {name!r}: equal_memory_to={reference!r} names no policy of the profile; "
                                  f"allowed: {', '.join(s.policy for s in specs)}")
-        return cls(name, specs, matched, str(values.get("description", "")))
+        cache_bytes = values.get("cache_bytes")
+        if cache_bytes is not None and (matched is not None or isinstance(cache_bytes, bool)
+                                        or not isinstance(cache_bytes, int) or cache_bytes < 1):
+            raise ValueError(f"profile {name!r}: cache_bytes must be an integer >= 1, and not given with "
+                             f"equal_memory_to; got {cache_bytes!r}")
+        return cls(name, specs, matched, str(values.get("description", "")), cache_bytes)
 
 
 def _spec(entry: Any, where: str) -> RunSpec:
@@ -198,8 +206,9 @@ def jobs_for(scenario: Scenario, profile: Profile) -> list[Job]:
         # the reference and the unbounded full cache are not sized: leaving the reference out of
         # their definition lets profiles that share them share the run
         sized = reference is not None and spec != reference and spec.policy != "full"
-        jobs.append(Job(scenario.source, spec, scenario.settings, equal_memory_to=reference if sized else None,
-                        labels=labels))
+        fixed = profile.cache_bytes if spec.policy != "full" else None
+        jobs.append(Job(scenario.source, spec, scenario.settings, cache_bytes=fixed,
+                        equal_memory_to=reference if sized else None, labels=labels))
     return jobs
 
 
