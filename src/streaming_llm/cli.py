@@ -16,6 +16,7 @@ from .models import DEFAULT_MODEL, DTYPES, load_model
 from .policies import get_policy_config_class, list_policies
 from .sizing import size_to_bytes
 from .report import console_table, csv_text, markdown_table, write_atomic, write_json
+from .tasks.cli import add_tasks_parser
 
 log = logging.getLogger("streaming_llm")
 
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
+
+    add_tasks_parser(sub)
 
     pol = sub.add_parser("policies", help="list policies and their parameters")
     pol.set_defaults(func=cmd_policies)
