@@ -137,12 +137,13 @@ def _number(rng: random.Random, digits: int) -> str:
 
 def _passkey(rng: random.Random, config: SyntheticTaskConfig) -> TaskContent:
     key = _number(rng, config.value_digits)
-    # The repetition in the needle and the answer prefix are what let a 135M instruct model
-    # answer at all: without the prefix it talks about the book instead of answering.
+    # What lets SmolLM2-135M-Instruct answer with the full context: the answer prefix (without
+    # it the model talks about the book), and "Answer with the number only." (without it, a
+    # passkey at depth 0 right after the instruction was described, not quoted: 0 of 2 at 2k).
     return TaskContent(
         PromptParts(
             instruction="There is a passkey hidden inside a lot of irrelevant text. Find it and memorize it.",
-            question="What is the passkey?",
+            question="What is the passkey? Answer with the number only.",
             answer_prefix="The passkey is",
         ),
         answers=(key,),
