@@ -232,6 +232,20 @@ def test_chunked_prefill_matches_one_shot_and_bounded_cache_stays_bounded(tiny_l
         DecodeConfig(chunk_size=0)
 
 
+@pytest.mark.parametrize("policy,params", [
+    ("sliding_window", dict(window_size=32)),
+    ("h2o", dict(heavy_size=16, recent_size=16)),
+    ("tova", dict(cache_size=32)),
+    ("snapkv", dict(cache_size=48, window_size=8, reselect_interval=8)),
+    ("adms", dict(start_size=4, recent_size=16, compressed_budget=12, enable_dynamic_sink=False)),
+])
+def test_greedy_generate_keeps_every_policy_within_its_budget(tiny_llama, policy, params):
+    prompt = [3 + i % 250 for i in range(300)]
+    with make_cache(tiny_llama, policy, **params) as cache:
+        out = greedy_generate(tiny_llama, cache, prompt, DecodeConfig(chunk_size=64, max_new_tokens=4))
+        assert len(out.tokens) == 4 and 0 < out.cache_tokens_max <= cache.max_slots() < len(prompt)
+
+
 def test_tasks_command_writes_records_table_and_heatmaps(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "tasks"
     argv = ["tasks", "--model", str(tiny_model_dir), "--policies", "full", "streaming:start_size=4,recent_size=60",
