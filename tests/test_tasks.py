@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import pytest
 from transformers import AutoTokenizer
@@ -102,8 +103,9 @@ def test_vartrack_chain_comes_in_order_after_the_depth(tokenizer, haystack):
                           length=800, depth=0.2, sample=0)
     starts = [s.start for s in sample.snippets]
     assert starts == sorted(starts) and len(starts) == 4
-    first_name, value = sample.answers[0], sample.parts.question.split()[-5]
+    first_name, value = sample.answers[0], re.search(r"value (\d+)", sample.parts.question).group(1)
     assert sample.snippets[0].text == f"\nVAR {first_name} = {value}.\n"
+    assert sample.parts.answer_prefix.endswith("they are: VAR")
     assert [s.text for s in sample.snippets[1:]] == [
         f"\nVAR {b} = VAR {a}.\n" for a, b in zip(sample.answers, sample.answers[1:])]
 

@@ -50,6 +50,10 @@ def add_tasks_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=5, help="prompts per cell (default 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--haystack", default="builtin:pioneer-days", help="filler text: builtin:NAME or a file")
+    parser.add_argument("--num-keys", type=int, default=SyntheticTaskConfig.num_keys,
+                        help=f"multikey: needles in the context, one asked (default {SyntheticTaskConfig.num_keys})")
+    parser.add_argument("--num-hops", type=int, default=SyntheticTaskConfig.num_hops,
+                        help=f"vartrack: assignments after the first (default {SyntheticTaskConfig.num_hops})")
     parser.add_argument("--chunk-size", type=int, default=256, help="prompt tokens per prefill forward (default 256)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer tokens at most (default 32)")
     parser.add_argument("--cache-bytes", type=int, default=None,
@@ -112,6 +116,7 @@ def _command_line(args: argparse.Namespace) -> str:
     words = ["streaming-llm", "tasks", "--model", args.model, "--policies", *args.policies, "--tasks", *args.tasks,
              "--lengths", *map(str, args.lengths), "--depths", *(f"{d:g}" for d in args.depths),
              "--samples", str(args.samples), "--seed", str(args.seed), "--haystack", args.haystack,
+             "--num-keys", str(args.num_keys), "--num-hops", str(args.num_hops),
              "--chunk-size", str(args.chunk_size), "--max-new-tokens", str(args.max_new_tokens),
              "--dtype", args.dtype, "--device", args.device, "--output-dir", args.output_dir]
     if args.cache_bytes is not None:
@@ -122,7 +127,8 @@ def _command_line(args: argparse.Namespace) -> str:
 def cmd_tasks(args: argparse.Namespace) -> int:
     specs = [RunSpec.parse(text) for text in args.policies]
     configs = [spec.config() for spec in specs]  # validate everything before loading the model
-    task_configs = [SyntheticTaskConfig(task=task, haystack=args.haystack) for task in dict.fromkeys(args.tasks)]
+    task_configs = [SyntheticTaskConfig(task=task, haystack=args.haystack, num_keys=args.num_keys, num_hops=args.num_hops)
+                    for task in dict.fromkeys(args.tasks)]
     decode = DecodeConfig(chunk_size=args.chunk_size, max_new_tokens=args.max_new_tokens)
     _check_grid(args)
     haystack_text = load_text(args.haystack)
