@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 _EXTRA = "pip install 'streaming_llm[tasks]'"
+_PUNCTUATION = frozenset(string.punctuation)
 
 
 def _require(module: str, package: str):
@@ -63,7 +64,7 @@ SYNTHETIC_SCORERS: dict[str, Callable[[str, Sequence[str]], float]] = {
 
 def normalize_answer(text: str) -> str:
     """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
