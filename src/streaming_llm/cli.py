@@ -18,6 +18,7 @@ from .models import DEFAULT_MODEL, DTYPES
 from .policies import get_policy_config_class, list_policies
 from .report import console_table, csv_text, markdown_table, write_atomic, write_json
 from .report.plots import markdown_images, write_standard_plots
+from .tasks.cli import add_tasks_parser
 
 log = logging.getLogger("streaming_llm")
 
@@ -183,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--ray-cpus", type=int, default=None, help="with --ray and no --address: CPUs of the local Ray")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     sw.set_defaults(func=cmd_sweep)
+
+    add_tasks_parser(sub)
 
     pol = sub.add_parser("policies", help="list policies and their parameters")
     pol.set_defaults(func=cmd_policies)

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot():
-    import matplotlib
+def _figure(size: tuple[float, float]):
+    # matplotlib's object API (no pyplot): drawing a report changes no global backend state and
+    # needs no display
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)  # no display on servers; keeps an interactive backend if one is set
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=size, layout="constrained")
+    return figure, figure.subplots()
 
 
 #: parameters that tell runs apart in a legend, with their short names ("" = value only)
@@ -43,11 +43,10 @@ def _save(fig, path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=100, format="png")
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-        _pyplot().close(fig)
     return path
 
 
@@ -66,8 +65,7 @@ def plot_ppl_along_stream(records: Sequence[dict[str, Any]], path: Path, title: 
     drawable = [r for r in records if r.get("nll")]
     if not drawable:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    fig, ax = _figure((8, 4.5))
     longest = max(len(r["nll"]) for r in drawable)
     window = max(16, longest // 48)
     for record in drawable:
@@ -101,8 +99,7 @@ def plot_against_bytes(records: Sequence[dict[str, Any]], path: Path, metric: st
               if r.get(metric) is not None and r.get("cache_bytes_max") and math.isfinite(r[metric])]
     if not points:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    fig, ax = _figure((7, 4.5))
     for x, y, record in points:
         ax.scatter([x / 2**20], [y], s=28)
         ax.annotate(run_label(record), (x / 2**20, y), fontsize=6, xytext=(3, 3), textcoords="offset points")

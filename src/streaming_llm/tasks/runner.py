@@ -1,0 +1,101 @@
+"""Greedy answers with a policy's cache: chunked prefill, then one token at a time.
+
+Prefill feeds the prompt in chunks of ``chunk_size`` tokens, so a bounded cache evicts after
+every chunk and never holds more than its budget plus one chunk (see
+:mod:`streaming_llm.evaluation.driver` on what a chunk sees). Decoding is plain greedy
+(argmax) from the cache the policy kept, stopping at an end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..cache import BoundedCache
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """``chunk_size``: prompt tokens per prefill forward (>= 1).
+    ``max_new_tokens``: the most answer tokens generated (>= 1)."""
+
+    chunk_size: int = 256
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_size", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+
+
+@dataclass
+class Generation:
+    tokens: list[int] = field(default_factory=list)
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    cache_tokens_max: int = 0  # most slots any layer held after an update
+    cache_bytes_max: int = 0
+
+
+def stop_token_ids(tokenizer) -> set[int]:
+    """End-of-sequence ids, plus the end-of-turn token of chat templates that have one."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for token in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return ids
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _record_size(result: Generation, cache: BoundedCache) -> None:
+    result.cache_tokens_max = max(result.cache_tokens_max, max(cache.cache_tokens()))
+    result.cache_bytes_max = max(result.cache_bytes_max, cache.cache_bytes())
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: torch.nn.Module,
+    cache: BoundedCache,
+    prompt_ids: Sequence[int],
+    config: DecodeConfig = DecodeConfig(),
+    stop_ids: Iterable[int] = (),
+) -> Generation:
+    """Greedy continuation of ``prompt_ids`` (without the prompt), at most ``max_new_tokens``."""
+    if len(prompt_ids) < 1:
+        raise ValueError("prompt_ids must hold at least one token")
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=device).reshape(1, -1)
+    stop = set(stop_ids)
+    result = Generation()
+    _synchronize(device)
+    start = time.perf_counter()
+    for begin in range(0, ids.shape[1], config.chunk_size):
+        # logits_to_keep=1: only the last position's logits are ever used.
+        logits = model(input_ids=ids[:, begin : begin + config.chunk_size], past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits
+        _record_size(result, cache)
+    _synchronize(device)
+    result.prefill_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    for step in range(config.max_new_tokens):
+        token = int(logits[0, -1].argmax())
+        if token in stop:
+            break
+        result.tokens.append(token)
+        if step + 1 == config.max_new_tokens:
+            break
+        logits = model(input_ids=torch.tensor([[token]], device=device), past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits
+        _record_size(result, cache)
+    _synchronize(device)
+    result.decode_seconds = time.perf_counter() - start
+    return result
