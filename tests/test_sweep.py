@@ -148,7 +148,7 @@ def test_bad_grids_raise_clear_errors(tmp_path, text, message):
 def test_builtin_grid_is_valid():
     grid = load_grid("builtin:adms_report")
     scenarios, profiles = grid.select()
-    assert [s.name for s in scenarios] == ["smollm2_4k"]
+    assert [s.name for s in scenarios] == ["smollm2_4k", "gemma3_4k"]
     assert not any(s.uses_hub for s in scenarios)
     assert {"tinyllama_2k", "opt13b_2k", "llama3_8k"} <= set(grid.scenarios)
     assert [p.name for p in profiles] == ["balanced", "quality"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .architectures import describe_model
 from .cache import BoundedCache
 from .policies.adms import ADMSConfig
 
@@ -31,23 +32,27 @@ class ADMSKVCache(BoundedCache):
                 "ADMSKVCache needs the model: ADMSKVCache(config, model) (it reads the layer count, "
                 "KV heads and rotary parameters from it); or use enable_adms_llm(model, ...)"
             )
-        from .api import build_layers
+        from .api import attach_model_hooks, build_layers
 
-        super().__init__(layers if layers is not None else build_layers(model, config), policy_name, config)
-        config_ = model.config.get_text_config(decoder=True)
-        self.num_kv_heads = getattr(config_, "num_key_value_heads", None) or config_.num_attention_heads
+        layout = describe_model(model)
+        super().__init__(layers if layers is not None else build_layers(model, config, layout), policy_name, config)
+        self.num_kv_heads = layout.num_kv_heads
+        self._owner, self._layout = model, layout  # custom compressors may need the hook later
         if compressor is not None:
             self.compressors = {key: compressor for key in self.compressors}
-        if self.needs_attention_hook:
-            self.attach_hook(model)
+        attach_model_hooks(self, model, layout)
+
+    def _adms_layers(self) -> list[int]:
+        """Indices of the layers ADMS governs (a hybrid model's sliding layers keep their own window)."""
+        return [i for i, layer in enumerate(self.layers) if hasattr(layer.policy, "compressor")]
 
     @property
     def compressors(self) -> dict[tuple[int, int], object]:
         """``{(layer_idx, kv_head): compressor}``; assign a mapping with ``compress(K, V)`` objects
         (every head of a layer, or none of them) to use custom compressors."""
         result = {}
-        for layer_idx, layer in enumerate(self.layers):
-            compressor = layer.policy.compressor
+        for layer_idx in self._adms_layers():
+            compressor = self.layers[layer_idx].policy.compressor
             for head in range(self.num_kv_heads):
                 per_head = getattr(compressor, "per_head", None)
                 result[(layer_idx, head)] = per_head[head] if per_head is not None else compressor
@@ -55,20 +60,23 @@ class ADMSKVCache(BoundedCache):
 
     @compressors.setter
     def compressors(self, mapping: dict) -> None:
-        valid = {(l, h) for l in range(len(self.layers)) for h in range(self.num_kv_heads)}
+        valid = {(l, h) for l in self._adms_layers() for h in range(self.num_kv_heads)}
         unknown = sorted(set(mapping) - valid, key=str)
         if unknown:
-            raise ValueError(f"compressors keys must be (layer_idx, kv_head) pairs in {len(self.layers)} layers x "
+            raise ValueError(f"compressors keys must be (layer_idx, kv_head) pairs of ADMS layers {self._adms_layers()} x "
                              f"{self.num_kv_heads} heads; got {unknown[:3]}")
-        for layer_idx, layer in enumerate(self.layers):
+        for layer_idx in self._adms_layers():
+            layer = self.layers[layer_idx]
             given = [mapping.get((layer_idx, h)) for h in range(self.num_kv_heads)]
             if all(c is None for c in given) or given == [layer.policy.compressor] * self.num_kv_heads:
                 continue
             if any(c is None for c in given):
                 raise ValueError(f"compressors: layer {layer_idx} needs a compressor for every KV head or none")
             layer.policy.set_head_compressors(given)
-        if self.needs_attention_hook and self._hooked_model is None and self._model is not None:
-            self.attach_hook(self._model)
+        if self.needs_attention_hook and self._hooked_model is None:
+            from .api import attach_model_hooks
+
+            attach_model_hooks(self, self._owner, self._layout)
 
 
 __all__ = ["ADMSConfig", "ADMSKVCache"]

@@ -4,32 +4,58 @@ from __future__ import annotations
 
 import torch
 
-from . import attention
+from .architectures import ModelLayout, describe_model
 from .cache import BoundedCache, BoundedLayer
 from .policies import PolicyConfig, make_policy_config
-from .positions import resolve_position_strategy
+from .policies.sliding_window import KeepLast
+from .positions import UnsupportedModelError
 
 
-def _num_layers(model: torch.nn.Module) -> int:
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    num_layers = getattr(text_config, "num_hidden_layers", None)
-    if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError("model.config.num_hidden_layers is missing: is this a transformers decoder model?")
-    return num_layers
+def _own_window_layer(layout: ModelLayout, layer_idx: int) -> BoundedLayer:
+    # W - 1 slots, as transformers' DynamicSlidingWindowLayer: the new token makes the window W.
+    # The slots stay contiguous with the newest token, so they never need re-rotating.
+    return BoundedLayer(KeepLast(layout.sliding_window - 1), None, layout.layer_types[layer_idx], is_sliding=True)
 
 
-def build_layers(model: torch.nn.Module, config: PolicyConfig) -> list[BoundedLayer]:
-    """One fresh :class:`BoundedLayer` per decoder layer of ``model`` following ``config``."""
-    num_layers = _num_layers(model)
-    layer_policies = config.build_layer_policies(num_layers)
-    needs_shift = config.enable_pos_shift and any(p.needs_position_shift for p in layer_policies)
-    needs_rotary = any(p.needs_rotary for p in layer_policies)
-    strategy = resolve_position_strategy(model) if needs_shift or needs_rotary else None
-    for policy in layer_policies:
+def build_layers(model: torch.nn.Module, config: PolicyConfig, layout: ModelLayout | None = None) -> list[BoundedLayer]:
+    """One fresh :class:`BoundedLayer` per decoder layer of ``model`` following ``config``.
+
+    In a hybrid model (Gemma-3) sliding layers keep their own window and ``config`` governs the
+    full-attention layers (see :class:`streaming_llm.architectures.ModelLayout`).
+    """
+    layout = layout or describe_model(model)
+    governed = layout.governed_layers()
+    policies = dict(zip(governed, config.build_layer_policies(len(governed))))
+    needs_shift = config.enable_pos_shift and any(p.needs_position_shift for p in policies.values())
+    needs_rotary = any(p.needs_rotary for p in policies.values())
+    strategies = layout.position_strategies() if needs_shift or needs_rotary else None
+    layers = []
+    for i in range(layout.num_layers):
+        if i not in policies:
+            layers.append(_own_window_layer(layout, i))
+            continue
+        policy, strategy = policies[i], strategies[i] if strategies else None
         if policy.needs_rotary:
             policy.bind_rotary(strategy)
-    return [BoundedLayer(policy, strategy if needs_shift else None) for policy in layer_policies]
+        shift = strategy if needs_shift and strategy.rotates_keys else None
+        layers.append(BoundedLayer(policy, shift, layout.layer_types[i]))
+    return layers
+
+
+def attach_model_hooks(cache: BoundedCache, model: torch.nn.Module, layout: ModelLayout) -> None:
+    """Install what ``cache`` needs on ``model``: the attention hook for policies that score
+    attention, in-cache input positions for learned absolute positions; ``cache.disable()`` undoes both."""
+    if cache.needs_attention_hook:
+        if not layout.routes_attention:
+            raise UnsupportedModelError(
+                f"policy {cache.policy_name!r} needs attention scores through transformers' AttentionInterface, "
+                f"which {layout.family.name} attention does not use; policies that run on it: those without "
+                "attention scores or logit biases (full, sliding_window, streaming, adms with "
+                "compressor_type=low_rank and importance_metric=value_norm)"
+            )
+        cache.attach_hook(model)
+    if cache.config is not None and cache.config.enable_pos_shift and layout.remaps_input_positions:
+        cache.attach_position_inputs(model, layout.max_positions)
 
 
 def cache_from_config(model: torch.nn.Module, config: PolicyConfig) -> BoundedCache:
@@ -41,9 +67,9 @@ def cache_from_config(model: torch.nn.Module, config: PolicyConfig) -> BoundedCa
     cache_class = config.cache_class()
     if cache_class is not BoundedCache:
         return cache_class(config, model)
-    cache = BoundedCache(build_layers(model, config), policy_name=config.name, config=config)
-    if cache.needs_attention_hook:
-        cache.attach_hook(model)
+    layout = describe_model(model)
+    cache = BoundedCache(build_layers(model, config, layout), policy_name=config.name, config=config)
+    attach_model_hooks(cache, model, layout)
     return cache
 
 

@@ -53,14 +53,22 @@ def _take(key: torch.Tensor):
     return layer if layer is not None and layer.returned_keys is key else None
 
 
-def chunk_causal_mask(query_length: int, key_length: int, device: torch.device) -> torch.Tensor | None:
-    """``(q, n)`` bool mask: query ``i`` sees every earlier slot and the chunk up to itself.
+def chunk_causal_mask(query_length: int, key_length: int, device: torch.device,
+                      sliding_window: int | None = None) -> torch.Tensor | None:
+    """``(q, n)`` bool mask: query ``i`` sees every earlier slot and the chunk up to itself, and
+    with ``sliding_window`` only slots less than ``sliding_window`` slots before it.
 
-    The last ``q`` of the ``n`` slots are the chunk's own tokens. ``None`` when nothing is masked.
+    The last ``q`` of the ``n`` slots are the chunk's own tokens. Distances are counted in slots:
+    a sliding layer's slots are contiguous, and for a policy layer slot distances are the in-cache
+    distances the position shift presents. ``None`` when nothing is masked.
     """
-    if query_length == 1:
+    windowed = sliding_window is not None and key_length > sliding_window
+    if query_length == 1 and not windowed:
         return None
-    return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
+    mask = torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
+    if windowed:
+        mask = mask.triu(key_length - query_length - sliding_window + 1)
+    return mask
 
 
 def _expand_heads(per_kv_head: torch.Tensor, num_query_heads: int) -> torch.Tensor:
@@ -71,13 +79,13 @@ def _expand_heads(per_kv_head: torch.Tensor, num_query_heads: int) -> torch.Tens
 def bounded_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention over the slots a bounded cache layer returned. Shapes: query ``(B, H_q, q, D)``,
     key/value ``(B, H_kv, n, D)``; returns ``((B, q, H_q, D), None)`` like transformers' functions."""
-    if kwargs.get("sliding_window") or kwargs.get("softcap"):
-        raise NotImplementedError("the streaming_llm attention hook does not support sliding-window or soft-capped layers yet")
+    if kwargs.get("softcap"):
+        raise NotImplementedError("the streaming_llm attention hook does not support soft-capped attention logits (Gemma-2) yet")
     if attention_mask is not None and attention_mask.ndim == 2 and not bool(attention_mask.all()):
         raise ValueError("padding is not supported: BoundedCache holds one stream (batch size 1, no padding)")
     layer = _take(key)
     q_len, n = query.shape[-2], key.shape[-2]
-    mask = chunk_causal_mask(q_len, n, query.device)
+    mask = chunk_causal_mask(q_len, n, query.device, kwargs.get("sliding_window"))
     bias = layer.attention_bias() if layer is not None else None
     if layer is None or not layer.policy.needs_attention:
         if bias is not None:

