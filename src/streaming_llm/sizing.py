@@ -66,3 +66,11 @@ def cache_bytes_of(config: PolicyConfig, model: torch.nn.Module) -> int:
     policies raise ``ValueError``."""
     geometry = KVGeometry.of(model)
     return config.max_cache_bytes(geometry) + geometry.own_window_bytes()
+
+
+def size_for_comparison(config: PolicyConfig, model: torch.nn.Module, cache_bytes: int | None) -> PolicyConfig:
+    """``config`` sized to ``cache_bytes`` for an equal-memory comparison; unchanged when no
+    target is given or the policy is the unbounded ``full`` reference."""
+    if cache_bytes is None or config.name == "full":
+        return config
+    return size_to_bytes(config, model, cache_bytes)

@@ -22,7 +22,7 @@ import torch
 from ..data import DEFAULT_TEXT, tokenize_stream
 from ..models import DEFAULT_MODEL, DTYPES, load_model
 from ..report import write_json
-from ..sizing import cache_bytes_of, size_to_bytes
+from ..sizing import cache_bytes_of, size_for_comparison
 from .runs import RunSpec, run_identity, run_perplexity
 
 log = logging.getLogger("streaming_llm")
@@ -178,9 +178,9 @@ def resolve_config(job: Job, model: torch.nn.Module):
     target = job.cache_bytes
     if job.equal_memory_to is not None:
         target = cache_bytes_of(job.equal_memory_to.config(), model)
-    if target is None or config.name == "full":
+    sized = size_for_comparison(config, model, target)
+    if sized is config:
         return config, None
-    sized = size_to_bytes(config, model, target)
     log.info("%s sized to %d bytes: %s", config.name, target, sized)
     return sized, target
 

@@ -23,7 +23,7 @@ from ..evaluation.runs import RunSpec, library_versions
 from ..models import DEFAULT_MODEL, DTYPES, load_model
 from ..policies import PolicyConfig, list_policies
 from ..report import console_table, write_json
-from ..sizing import size_to_bytes
+from ..sizing import size_for_comparison
 from .prompting import PromptFormat
 from .report import RESULT_COLUMNS, aggregate, slug, write_reports
 from .runner import DecodeConfig, greedy_generate, stop_token_ids
@@ -74,12 +74,6 @@ def _check_grid(args: argparse.Namespace) -> None:
         raise ValueError(f"--depths must be numbers in [0, 1]; got {args.depths}")
     if args.samples < 1:
         raise ValueError(f"--samples must be an integer >= 1; got {args.samples}")
-
-
-def _sized(config: PolicyConfig, model, cache_bytes: int | None) -> PolicyConfig:
-    if cache_bytes is None or config.name == "full":
-        return config
-    return size_to_bytes(config, model, cache_bytes)
 
 
 def _record_path(output_dir: Path, identity: dict[str, Any]) -> Path:
@@ -138,7 +132,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     if max_positions and max(args.lengths) + args.max_new_tokens > max_positions:
         log.warning("lengths up to %d + %d new tokens exceed the model's %d positions",
                     max(args.lengths), args.max_new_tokens, max_positions)
-    configs = [_sized(config, model, args.cache_bytes) for config in configs]
+    configs = [size_for_comparison(config, model, args.cache_bytes) for config in configs]
     haystack_ids = tokenizer(haystack_text, add_special_tokens=False)["input_ids"]
     prompt_format, stop = PromptFormat(tokenizer), stop_token_ids(tokenizer)
     output_dir = Path(args.output_dir)
