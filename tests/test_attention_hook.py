@@ -12,7 +12,7 @@ from transformers import DynamicCache
 
 from conftest import tiny_model
 from streaming_llm import make_cache
-from streaming_llm.attention import ATTENTION_NAME, attention_hook, bounded_attention
+from streaming_llm.attention import ATTENTION_NAME, attention_hook, bounded_attention, grouped_scores, grouped_values
 from streaming_llm.cache import BoundedCache, BoundedLayer
 from streaming_llm.policies.base import LayerPolicy
 
@@ -135,3 +135,15 @@ def test_a_stale_offer_does_not_leak_into_a_later_forward(token_stream):
         with attention_hook(model):
             got = model(input_ids=ids).logits
     assert (got - expected).abs().max().item() < TOL
+
+
+@pytest.mark.parametrize("kv_heads, group, q, n", [(1, 1, 1, 5), (3, 3, 4, 9), (2, 4, 1, 1), (4, 2, 7, 3)])
+def test_grouped_products_equal_the_repeated_kv_products(kv_heads, group, q, n):
+    """Query head h reads KV head h // group, as transformers' repeat_kv lays them out."""
+    torch.manual_seed(0)
+    query = torch.randn(1, kv_heads * group, q, 8)
+    key, value = torch.randn(1, kv_heads, n, 8), torch.randn(1, kv_heads, n, 8)
+    expected_scores = query @ key.repeat_interleave(group, dim=1).transpose(-1, -2)
+    torch.testing.assert_close(grouped_scores(query, key), expected_scores)
+    probs = torch.softmax(expected_scores, dim=-1)
+    torch.testing.assert_close(grouped_values(probs, value), probs @ value.repeat_interleave(group, dim=1))

@@ -76,6 +76,28 @@ def _expand_heads(per_kv_head: torch.Tensor, num_query_heads: int) -> torch.Tens
     return per_kv_head.repeat_interleave(num_query_heads // per_kv_head.shape[0], dim=0)[None, :, None, :]
 
 
+def grouped_scores(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """``query @ key^T`` per query head ``(B, H_q, q, n)`` for grouped keys ``(B, H_kv, n, D)``.
+
+    Query head ``h`` reads KV head ``h // group`` (transformers' ``repeat_kv`` order), so the
+    ``group`` query heads of a KV head are stacked along the query axis and multiplied with that
+    head's keys once, instead of copying the keys ``group`` times.
+    """
+    batch, heads, q, dim = query.shape
+    kv_heads = key.shape[1]
+    stacked = query.reshape(batch, kv_heads, (heads // kv_heads) * q, dim)
+    return torch.matmul(stacked, key.transpose(-1, -2)).reshape(batch, heads, q, key.shape[-2])
+
+
+def grouped_values(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``probs @ value`` ``(B, H_q, q, D)`` for probabilities ``(B, H_q, q, n)`` over grouped
+    values ``(B, H_kv, n, D)`` (see :func:`grouped_scores`)."""
+    batch, heads, q, n = probs.shape
+    kv_heads = value.shape[1]
+    stacked = probs.reshape(batch, kv_heads, (heads // kv_heads) * q, n)
+    return torch.matmul(stacked, value).reshape(batch, heads, q, value.shape[-1])
+
+
 def bounded_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention over the slots a bounded cache layer returned. Shapes: query ``(B, H_q, q, D)``,
     key/value ``(B, H_kv, n, D)``; returns ``((B, q, H_q, D), None)`` like transformers' functions."""
@@ -94,9 +116,8 @@ def bounded_attention(module, query, key, value, attention_mask, scaling=None, d
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
         return out.transpose(1, 2).contiguous(), None
 
-    group = query.shape[1] // key.shape[1]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.repeat_interleave(group, dim=1).transpose(-1, -2)).float() * scale  # (B, H_q, q, n)
+    scores = grouped_scores(query, key).float() * scale  # (B, H_q, q, n)
     if bias is not None:
         scores = scores + _expand_heads(bias.float(), query.shape[1])
     if mask is not None:
@@ -105,7 +126,7 @@ def bounded_attention(module, query, key, value, attention_mask, scaling=None, d
     if read is not None:
         scores = scores.masked_fill(~read, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    out = torch.matmul(probs.to(value.dtype), value.repeat_interleave(group, dim=1))
+    out = grouped_values(probs.to(value.dtype), value)
     layer.after_attention(probs)
     return out.transpose(1, 2).contiguous(), None
 

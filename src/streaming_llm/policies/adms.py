@@ -402,34 +402,39 @@ class ADMSLayer(LayerPolicy):
         keep_exact = exact & (rank < exact_budget[:, None])
         self._fold_into_tier(mid_keys, mid_values, mid_positions, self.scores[:, lo:hi], exact & ~keep_exact, exact_budget)
 
-        first_recent = view.seen_tokens - self.recent
-        tier = self.tier if self.tier is not None else PointSet.empty_like(mid_keys)
-        anchors = anchor_positions(tier, self.config.anchor_mode, float(self.sink), float(first_recent))
-        tier_keys = self.rotary.shift_keys(tier.keys[None].float(), anchors.cpu())[0].to(mid_keys.dtype)
-
         # the new mid: kept exact rows and the tier's rows, ascending in position, empty rows last
-        candidates_keys = torch.cat([mid_keys, tier_keys], dim=1)
-        candidates_values = torch.cat([mid_values, tier.values.to(mid_values.dtype)], dim=1)
-        candidates_positions = torch.cat([mid_positions, anchors.to(device)], dim=1)
-        take = torch.cat([keep_exact, tier.counts > 0], dim=1)
+        candidates = _Candidates(
+            mid_keys, mid_values, mid_positions, keep_exact, self.counts[:, lo:hi], torch.zeros_like(exact),
+            self.scores[:, lo:hi],
+        )
+        if self.tier is not None:  # exact-only configurations have no tier: nothing to anchor
+            tier = self.tier
+            first_recent = view.seen_tokens - self.recent
+            anchors = anchor_positions(tier, self.config.anchor_mode, float(self.sink), float(first_recent))
+            tier_keys = self.rotary.shift_keys(tier.keys[None].float(), anchors.cpu())[0].to(mid_keys.dtype)
+            candidates = candidates.cat(_Candidates(
+                tier_keys, tier.values.to(mid_values.dtype), anchors.to(device), tier.counts > 0, tier.counts,
+                torch.ones_like(tier.counts, dtype=torch.bool), tier.scores,
+            ))
+        take = candidates.take
         width = int(take.sum(dim=1).max())
         order = torch.argsort(
-            torch.where(take, candidates_positions.double(), float("inf")), dim=-1, stable=True
+            torch.where(take, candidates.positions.double(), float("inf")), dim=-1, stable=True
         )[:, :width]
         taken = take.gather(1, order)
-        counts = torch.cat([self.counts[:, lo:hi], tier.counts], dim=1).gather(1, order) * taken
+        counts = candidates.counts.gather(1, order) * taken
         if not self.needs_logit_bias and not bool(taken.all()):
             raise RuntimeError("ADMS produced empty slots without a logit bias to mask them")
-        compressed = torch.cat([torch.zeros_like(exact), torch.ones_like(tier.counts, dtype=torch.bool)], dim=1).gather(1, order)
-        scores = torch.cat([self.scores[:, lo:hi], tier.scores], dim=1).gather(1, order)
+        compressed = candidates.compressed.gather(1, order)
+        scores = candidates.scores.gather(1, order)
         rows = order.unsqueeze(-1).expand(-1, -1, mid_keys.shape[-1])
 
         def splice(full: torch.Tensor, middle: torch.Tensor) -> torch.Tensor:
             return torch.cat([full[..., :lo], middle, full[..., hi:]], dim=-1)
 
-        new_keys = torch.cat([view.keys[:, :, :lo], candidates_keys.gather(1, rows)[None], view.keys[:, :, hi:]], dim=2)
-        new_values = torch.cat([view.values[:, :, :lo], candidates_values.gather(1, rows)[None], view.values[:, :, hi:]], dim=2)
-        new_positions = splice(positions, candidates_positions.gather(1, order)).cpu()
+        new_keys = torch.cat([view.keys[:, :, :lo], candidates.keys.gather(1, rows)[None], view.keys[:, :, hi:]], dim=2)
+        new_values = torch.cat([view.values[:, :, :lo], candidates.values.gather(1, rows)[None], view.values[:, :, hi:]], dim=2)
+        new_positions = splice(positions, candidates.positions.gather(1, order)).cpu()
         self.counts = splice(self.counts, counts)
         self.compressed = splice(self.compressed, compressed)
         self.scores = splice(self.scores, scores)
@@ -491,6 +496,24 @@ class ADMSLayer(LayerPolicy):
 
     def state_bytes(self) -> int:
         return 0 if self.scores is None else self.scores.numel() * _SCORE_BYTES
+
+
+@dataclass
+class _Candidates:
+    """Rows ``(H, n, ...)`` that may make up the new mid tier, with their per-slot state;
+    ``take`` marks the rows that stay (kept exact tokens, the tier's real slots)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor
+    take: torch.Tensor
+    counts: torch.Tensor
+    compressed: torch.Tensor
+    scores: torch.Tensor
+
+    def cat(self, other: "_Candidates") -> "_Candidates":
+        return _Candidates(*(torch.cat([mine, theirs], dim=1) for mine, theirs in
+                             ((getattr(self, f), getattr(other, f)) for f in self.__dataclass_fields__)))
 
 
 def _as_float(points: PointSet) -> PointSet:
