@@ -1,5 +1,6 @@
 """``streaming-llm`` command line: ``eval`` compares policies on one stream; ``sweep`` runs a grid of
-scenarios x profiles; ``policies`` lists the policies."""
+scenarios x profiles; ``tasks`` scores synthetic long-context tasks; ``benchmark`` scores LongBench
+or ZeroSCROLLS tasks; ``policies`` lists the policies."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli_args import add_run_arguments
 from .data import DEFAULT_TEXT, list_builtin_texts, load_text
 from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_reuse
 from .evaluation.runs import SUMMARY_COLUMNS, RunSpec
-from .models import DEFAULT_MODEL, DTYPES
 from .policies import get_policy_config_class, list_policies
 from .report import console_table, csv_text, markdown_table, write_atomic, write_json
 from .report.plots import markdown_images, write_standard_plots
+from .tasks.benchmark_cli import add_benchmark_parser
 from .tasks.cli import add_tasks_parser
 
 log = logging.getLogger("streaming_llm")
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser("eval", help="streaming perplexity of one or more policies on the same tokens")
-    ev.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, .gguf file, local dir or HF id (default {DEFAULT_MODEL})")
+    add_run_arguments(ev)
     ev.add_argument("--policy", nargs="+", default=["streaming"], metavar="NAME[:K=V,...]",
                     help=f"policies to compare: {', '.join(list_policies())}")
     source = ev.add_mutually_exclusive_group()
@@ -160,13 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-tokens", type=int, default=4096)
     ev.add_argument("--chunk-size", type=int, default=1, help="tokens per forward (1 = StreamingLLM protocol)")
     ev.add_argument("--set", action="append", metavar="[POLICY.]KEY=VALUE", help="a policy parameter (repeatable)")
-    ev.add_argument("--cache-bytes", type=int, default=None,
-                    help="equal-memory mode: size every bounded policy to this many cache bytes (full stays unbounded)")
     ev.add_argument("--output-dir", help="write runs/*.json, results.json, results.csv and results.md here")
     ev.add_argument("--force", action="store_true", help="rerun runs whose record already exists in --output-dir")
     ev.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
-    ev.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
 
@@ -186,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep)
 
     add_tasks_parser(sub)
+    add_benchmark_parser(sub)
 
     pol = sub.add_parser("policies", help="list policies and their parameters")
     pol.set_defaults(func=cmd_policies)

@@ -9,24 +9,23 @@ heatmap per policy and task) are rebuilt from the records at the end.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
+import functools
 import logging
-import shlex
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..api import cache_from_config
+from ..cli_args import add_answer_command, answer_words, run_words, spelled_out
 from ..data import load_text
-from ..evaluation.runs import RunSpec, library_versions
-from ..models import DEFAULT_MODEL, DTYPES, load_model
-from ..policies import PolicyConfig, list_policies
-from ..report import console_table, write_json
+from ..evaluation.runs import RunSpec
+from ..models import load_model
+from ..policies import PolicyConfig
+from ..report import console_table
 from ..sizing import size_for_comparison
 from .prompting import PromptFormat
+from .records import load_or_run, record_path
 from .report import RESULT_COLUMNS, aggregate, slug, write_reports
-from .runner import DecodeConfig, greedy_generate, stop_token_ids
+from .runner import DecodeConfig, answer_prompt, stop_token_ids, warn_beyond_positions
 from .scoring import SYNTHETIC_SCORERS
 from .synthetic import TASK_NAMES, SyntheticTaskConfig, build_sample
 
@@ -34,13 +33,10 @@ log = logging.getLogger("streaming_llm.tasks")
 
 
 def add_tasks_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "tasks", help="needle / passkey / multi-key / variable-tracking accuracy over lengths and depths",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_answer_command(
+        subparsers, "tasks", help="needle / passkey / multi-key / variable-tracking accuracy over lengths and depths",
+        description=__doc__, unit="cell",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, .gguf file, local dir or HF id (default {DEFAULT_MODEL})")
-    parser.add_argument("--policies", nargs="+", default=["full", "streaming:start_size=4,recent_size=508"],
-                        metavar="NAME[:K=V,...]", help=f"policies to compare: {', '.join(list_policies())}")
     parser.add_argument("--tasks", nargs="+", default=["passkey"], choices=TASK_NAMES, metavar="TASK",
                         help=f"synthetic tasks: {', '.join(TASK_NAMES)} (default passkey)")
     parser.add_argument("--lengths", nargs="+", type=int, default=[2048], metavar="N",
@@ -54,15 +50,8 @@ def add_tasks_parser(subparsers) -> argparse.ArgumentParser:
                         help=f"multikey: needles in the context, one asked (default {SyntheticTaskConfig.num_keys})")
     parser.add_argument("--num-hops", type=int, default=SyntheticTaskConfig.num_hops,
                         help=f"vartrack: assignments after the first (default {SyntheticTaskConfig.num_hops})")
-    parser.add_argument("--chunk-size", type=int, default=256, help="prompt tokens per prefill forward (default 256)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer tokens at most (default 32)")
-    parser.add_argument("--cache-bytes", type=int, default=None,
-                        help="equal-memory mode: size every bounded policy to this many cache bytes (full stays unbounded)")
     parser.add_argument("--output-dir", default="outputs/tasks", help="records/, results.md, results.csv, heatmaps")
-    parser.add_argument("--force", action="store_true", help="rerun cells whose record already exists")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--quiet", action="store_true", help="log only warnings")
     parser.set_defaults(func=cmd_tasks)
     return parser
 
@@ -76,46 +65,31 @@ def _check_grid(args: argparse.Namespace) -> None:
         raise ValueError(f"--samples must be an integer >= 1; got {args.samples}")
 
 
-def _record_path(output_dir: Path, identity: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    name = f"{slug(identity['label'])}-{identity['task']}-L{identity['length']}-d{identity['depth']:g}-s{identity['sample']}"
-    return output_dir / "records" / f"{name}-{digest}.json"
+def _record_name(identity: dict[str, Any]) -> str:
+    return f"{slug(identity['label'])}-{identity['task']}-L{identity['length']}-d{identity['depth']:g}-s{identity['sample']}"
 
 
 def _run_cell(model, tokenizer, config: PolicyConfig, sample, decode: DecodeConfig, stop: set[int]) -> dict[str, Any]:
-    with cache_from_config(model, config) as cache:  # gives the model its attention back afterwards
-        generation = greedy_generate(model, cache, sample.prompt_ids, decode, stop)
-        budget = cache.max_slots()
-    prediction = tokenizer.decode(generation.tokens, skip_special_tokens=True)
+    scorer = functools.partial(SYNTHETIC_SCORERS[sample.task], answers=sample.answers)
     return {
         "answers": list(sample.answers),
-        "prediction": prediction,
-        "score": SYNTHETIC_SCORERS[sample.task](prediction, sample.answers),
-        "prompt_tokens": len(sample.prompt_ids),
         "context_start": sample.prompt.context_start,
         "context_tokens": sample.prompt.context_length,
         "needle_start": sample.needle_start,
         "needle_tokens": len(sample.needle.ids),
-        "generated_tokens": len(generation.tokens),
-        "prefill_seconds": generation.prefill_seconds,
-        "decode_seconds": generation.decode_seconds,
-        "cache_tokens_max": generation.cache_tokens_max,
-        "cache_bytes_max": generation.cache_bytes_max,
-        "cache_budget_tokens": budget,
+        **answer_prompt(model, tokenizer, config, sample.prompt_ids, decode, stop, scorer),
     }
 
 
 def _command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run, every setting spelled out (defaults included)."""
-    words = ["streaming-llm", "tasks", "--model", args.model, "--policies", *args.policies, "--tasks", *args.tasks,
-             "--lengths", *map(str, args.lengths), "--depths", *(f"{d:g}" for d in args.depths),
-             "--samples", str(args.samples), "--seed", str(args.seed), "--haystack", args.haystack,
-             "--num-keys", str(args.num_keys), "--num-hops", str(args.num_hops),
-             "--chunk-size", str(args.chunk_size), "--max-new-tokens", str(args.max_new_tokens),
-             "--dtype", args.dtype, "--device", args.device, "--output-dir", args.output_dir]
-    if args.cache_bytes is not None:
-        words += ["--cache-bytes", str(args.cache_bytes)]
-    return " ".join(map(shlex.quote, words))
+    return spelled_out([
+        "streaming-llm", "tasks", *run_words(args), *answer_words(args), "--tasks", *args.tasks,
+        "--lengths", *map(str, args.lengths), "--depths", *(f"{d:g}" for d in args.depths),
+        "--samples", str(args.samples), "--seed", str(args.seed), "--haystack", args.haystack,
+        "--num-keys", str(args.num_keys), "--num-hops", str(args.num_hops),
+        "--max-new-tokens", str(args.max_new_tokens), "--output-dir", args.output_dir,
+    ])
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -128,10 +102,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     haystack_text = load_text(args.haystack)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     device = str(next(model.parameters()).device)
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    if max_positions and max(args.lengths) + args.max_new_tokens > max_positions:
-        log.warning("lengths up to %d + %d new tokens exceed the model's %d positions",
-                    max(args.lengths), args.max_new_tokens, max_positions)
+    warn_beyond_positions(model, max(args.lengths), args.max_new_tokens)
     configs = [size_for_comparison(config, model, args.cache_bytes) for config in configs]
     haystack_ids = tokenizer(haystack_text, add_special_tokens=False)["input_ids"]
     prompt_format, stop = PromptFormat(tokenizer), stop_token_ids(tokenizer)
@@ -151,16 +122,13 @@ def cmd_tasks(args: argparse.Namespace) -> int:
                             "chunk_size": decode.chunk_size, "max_new_tokens": decode.max_new_tokens,
                             "dtype": args.dtype, "device": device, "cache_bytes_target": args.cache_bytes,
                         }
-                        path = _record_path(output_dir, identity)
-                        if path.is_file() and not args.force:
-                            records.append(json.loads(path.read_text()))
-                            continue
-                        record = {**identity, **_run_cell(model, tokenizer, config, sample, decode, stop),
-                                  "versions": library_versions()}
-                        write_json(path, record)
+                        path = record_path(output_dir, identity, _record_name(identity))
+                        record, ran = load_or_run(path, identity, lambda: _run_cell(
+                            model, tokenizer, config, sample, decode, stop), force=args.force)
                         records.append(record)
-                        log.info("%s %s L=%d d=%g #%d: score %.2f, expected %s, got %r", text, task_config.task,
-                                 length, depth, index, record["score"], record["answers"], record["prediction"])
+                        if ran:
+                            log.info("%s %s L=%d d=%g #%d: score %.2f, expected %s, got %r", text, task_config.task,
+                                     length, depth, index, record["score"], record["answers"], record["prediction"])
     command = _command_line(args)
     header = (
         f"# streaming_llm tasks\n\nCommand: `{command}`\n\nModel `{args.model}`, haystack `{args.haystack}`, "

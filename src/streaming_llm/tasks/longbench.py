@@ -10,6 +10,9 @@ split has answers.
 ``data/<task>.jsonl``; ZeroSCROLLS' ``<task>/<split>.jsonl``), which needs neither the hub nor
 ``datasets``. Offline without such files, loading raises ``OSError`` saying so.
 
+``BENCHMARKS`` names both benchmarks (hub dataset, default split, tasks, loader), and
+``BenchmarkConfig`` says which examples a run answers and how long prompts and answers may be.
+
 Long examples are cut in the middle to ``max_length`` tokens, as LongBench's ``pred.py`` does,
 so the question at the end and the instructions at the start survive.
 """
@@ -81,6 +84,12 @@ class BenchmarkExample:
             return longbench_score(self.task, prediction, self.answers, self.all_classes)
         return zeroscrolls_score(self.task, prediction, self.answers)
 
+    @property
+    def metric(self) -> str:
+        """Name of the metric ``score`` uses, e.g. ``qa_f1``, ``rouge_l``, ``concordance``."""
+        metrics = LONGBENCH_METRICS if self.benchmark == "longbench" else ZEROSCROLLS_METRICS
+        return metrics[self.task].__name__.removeprefix("zs_").removesuffix("_score")
+
 
 def longbench_example(task: str, row: dict[str, Any]) -> BenchmarkExample:
     """A LongBench row (``input, context, answers, all_classes, _id``) as an example."""
@@ -108,8 +117,14 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def _is_hub_id(source: str) -> bool:
+    # Hub dataset ids are NAME or OWNER/NAME; a source that cannot be one is a local path, so a
+    # missing one is reported as missing instead of being looked up on the hub.
+    return not (source.startswith(("/", ".", "~")) or source.endswith((".jsonl", ".json")) or source.count("/") > 1)
+
+
 def _local_rows(source: str, candidates: Sequence[str]) -> list[dict[str, Any]] | None:
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_file():
         return _read_jsonl(path)
     if path.is_dir():
@@ -117,6 +132,9 @@ def _local_rows(source: str, candidates: Sequence[str]) -> list[dict[str, Any]] 
             if (path / candidate).is_file():
                 return _read_jsonl(path / candidate)
         raise FileNotFoundError(f"none of {', '.join(candidates)} in {source}")
+    if not _is_hub_id(source):
+        raise FileNotFoundError(f"no such file or folder: {source} (a local source is a folder of the "
+                                "benchmark's .jsonl files or one .jsonl file)")
     return None
 
 
@@ -138,10 +156,15 @@ def _hub_rows(dataset: str, config: str, split: str) -> list[dict[str, Any]]:
         ) from error
 
 
+def _check_count(name: str, value: Any, alternative: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1{alternative}; got {value!r}")
+
+
 def _load(task: str, source: str, split: str, candidates: Sequence[str],
           make: Callable[[str, dict[str, Any]], BenchmarkExample], num_samples: int | None) -> list[BenchmarkExample]:
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
-        raise ValueError(f"num_samples must be an integer >= 1 or None; got {num_samples!r}")
+    if num_samples is not None:
+        _check_count("num_samples", num_samples, " or None")
     rows = _local_rows(source, candidates)
     if rows is None:
         rows = _hub_rows(source, task, split)
@@ -162,6 +185,77 @@ def load_zeroscrolls(task: str, source: str = ZEROSCROLLS_DATASET, split: str = 
     if task not in ZEROSCROLLS_METRICS:
         raise ValueError(f"ZeroSCROLLS task must be one of {', '.join(ZEROSCROLLS_METRICS)}; got {task!r}")
     return _load(task, source, split, (f"{task}/{split}.jsonl", f"{task}.jsonl"), zeroscrolls_example, num_samples)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark: its hub dataset, the split that has answers, its (English) tasks, its loader."""
+
+    name: str
+    dataset: str
+    split: str
+    tasks: tuple[str, ...]
+    load: Callable[..., list[BenchmarkExample]]
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "longbench": Benchmark("longbench", LONGBENCH_DATASET, "test", tuple(LONGBENCH_PROMPTS), load_longbench),
+    "zeroscrolls": Benchmark("zeroscrolls", ZEROSCROLLS_DATASET, "validation", tuple(ZEROSCROLLS_METRICS),
+                             load_zeroscrolls),
+}
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Which examples a run answers, and how long their prompts and answers may be.
+
+    ``benchmark``: a key of ``BENCHMARKS``. ``tasks``: some of its tasks.
+    ``source``: hub id, local folder or ``.jsonl`` file (None: the benchmark's hub dataset).
+    ``split``: None for the benchmark's split with answers. ``num_samples``: first N per task (None: all).
+    ``max_length``: prompt tokens at most, cut in the middle. ``max_new_tokens``: answer tokens at
+    most for every task (None: each task's own budget, as LongBench and ZeroSCROLLS set them).
+    """
+
+    benchmark: str = "longbench"
+    tasks: tuple[str, ...] = ("hotpotqa",)
+    source: str | None = None
+    split: str | None = None
+    num_samples: int | None = None
+    max_length: int = 4096
+    max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"benchmark must be one of {', '.join(BENCHMARKS)}; got {self.benchmark!r}")
+        unknown = [task for task in self.tasks if task not in self.spec.tasks]
+        if not self.tasks or unknown:
+            raise ValueError(f"tasks must be {self.benchmark} tasks ({', '.join(self.spec.tasks)}); "
+                             f"got {', '.join(map(repr, unknown)) or 'none'}")
+        if self.source is not None and Path(self.source).expanduser().is_file() and len(self.tasks) > 1:
+            raise ValueError(f"source {self.source} is one .jsonl file, which holds one task; "
+                             "pass the folder to run several tasks")
+        _check_count("max_length", self.max_length)
+        for name in ("num_samples", "max_new_tokens"):
+            if getattr(self, name) is not None:
+                _check_count(name, getattr(self, name), " or None")
+
+    @property
+    def spec(self) -> Benchmark:
+        return BENCHMARKS[self.benchmark]
+
+    @property
+    def resolved_source(self) -> str:
+        return self.source or self.spec.dataset
+
+    @property
+    def resolved_split(self) -> str:
+        return self.split or self.spec.split
+
+    def load(self, task: str) -> list[BenchmarkExample]:
+        return self.spec.load(task, self.resolved_source, self.resolved_split, self.num_samples)
+
+    def new_tokens(self, example: BenchmarkExample) -> int:
+        return self.max_new_tokens or example.max_new_tokens
 
 
 def truncate_middle(ids: Sequence[int], max_length: int) -> list[int]:

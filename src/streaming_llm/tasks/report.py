@@ -1,6 +1,8 @@
-"""Task results: accuracy per policy x task x length x depth as CSV/Markdown, and heatmaps.
+"""Task results as CSV/Markdown and figures: the synthetic tasks' accuracy per policy x task x
+length x depth with heatmaps, and benchmark (LongBench, ZeroSCROLLS) scores per policy x task with
+a bar chart.
 
-Heatmaps are drawn with matplotlib's object API on an Agg canvas (no ``pyplot``), so writing a
+Figures are drawn with matplotlib's object API on an Agg canvas (no ``pyplot``), so writing a
 figure changes no global backend state; matplotlib is imported lazily (``[tasks]`` extra).
 """
 
@@ -16,22 +18,33 @@ from typing import Any
 from ..report import csv_text, markdown_table, write_atomic
 
 RESULT_COLUMNS = ("policy", "task", "length", "depth", "accuracy", "samples")
+SCORE_COLUMNS = ("policy", "benchmark", "task", "metric", "score", "samples")
 
 
-def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean score and sample count per (policy label, task, length, depth), policies in the
-    order they first appear."""
+def mean_scores(records: Sequence[dict[str, Any]], fields: Sequence[str], score_column: str) -> list[dict[str, Any]]:
+    """Mean score and sample count per (policy label, *fields), policies in the order they first
+    appear, the rest sorted."""
     scores: dict[tuple, list[float]] = defaultdict(list)
     policy_order: dict[str, int] = {}
     for record in records:
         policy_order.setdefault(record["label"], len(policy_order))
-        scores[(record["label"], record["task"], record["length"], record["depth"])].append(record["score"])
-    keys = sorted(scores, key=lambda k: (policy_order[k[0]], k[1], k[2], k[3]))
+        scores[(record["label"], *(record[f] for f in fields))].append(record["score"])
+    keys = sorted(scores, key=lambda k: (policy_order[k[0]], *k[1:]))
     return [
-        {"policy": k[0], "task": k[1], "length": k[2], "depth": k[3],
-         "accuracy": sum(scores[k]) / len(scores[k]), "samples": len(scores[k])}
+        {"policy": k[0], **dict(zip(fields, k[1:])), score_column: sum(scores[k]) / len(scores[k]),
+         "samples": len(scores[k])}
         for k in keys
     ]
+
+
+def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Synthetic tasks: accuracy and sample count per (policy label, task, length, depth)."""
+    return mean_scores(records, ("task", "length", "depth"), "accuracy")
+
+
+def benchmark_scores(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Benchmarks: mean score and sample count per (policy label, benchmark, task), with its metric."""
+    return mean_scores(records, ("benchmark", "task", "metric"), "score")
 
 
 def _grid(rows: Sequence[dict[str, Any]], policy: str, task: str):
@@ -60,17 +73,32 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
 
 
-def plot_heatmap(rows: Sequence[dict[str, Any]], policy: str, task: str, path: str | Path) -> None:
-    """Accuracy over depth (x) and length (y) for one policy and task, as a PNG."""
+def new_figure(size: tuple[float, float]):
+    """A matplotlib ``Figure`` on its own Agg canvas: no pyplot, no global backend."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("heatmaps need matplotlib: pip install 'streaming_llm[tasks]'") from None
+        raise ImportError("task figures need matplotlib: pip install 'streaming_llm[tasks]'") from None
+    figure = Figure(figsize=size)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_png(figure, path: str | Path) -> None:
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png", dpi=100)
+    tmp.replace(path)  # readers never see half a PNG
+
+
+def plot_heatmap(rows: Sequence[dict[str, Any]], policy: str, task: str, path: str | Path) -> None:
+    """Accuracy over depth (x) and length (y) for one policy and task, as a PNG."""
     lengths, depths, cells = _grid(rows, policy, task)
     grid = [[cells.get((length, d), float("nan")) for d in depths] for length in lengths]
-    figure = Figure(figsize=(max(5.0, 1.5 + 0.9 * len(depths)), max(3.0, 1.4 + 0.5 * len(lengths))))
-    FigureCanvasAgg(figure)
+    figure = new_figure((max(5.0, 1.5 + 0.9 * len(depths)), max(3.0, 1.4 + 0.5 * len(lengths))))
     axes = figure.add_subplot()
     image = axes.imshow(grid, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto", origin="lower")
     axes.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths])
@@ -83,12 +111,41 @@ def plot_heatmap(rows: Sequence[dict[str, Any]], policy: str, task: str, path: s
             if value == value:  # not NaN
                 axes.text(x, y, f"{value:.2f}", ha="center", va="center", fontsize=8)
     figure.colorbar(image, ax=axes, label="accuracy")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png", dpi=100)
-    tmp.replace(path)  # readers never see half a PNG
+    save_png(figure, path)
+
+
+def plot_scores(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Mean score per task (x), one bar per policy, as a PNG."""
+    tasks = list(dict.fromkeys((r["benchmark"], r["task"]) for r in rows))
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    cells = {(r["policy"], r["benchmark"], r["task"]): r["score"] for r in rows}
+    width = 0.8 / len(policies)
+    figure = new_figure((max(6.0, 3.0 + 0.4 * len(tasks) * len(policies)), 4.0))
+    axes = figure.add_subplot()
+    for i, policy in enumerate(policies):
+        offset = (i - (len(policies) - 1) / 2) * width
+        heights = [cells.get((policy, *task), float("nan")) for task in tasks]
+        axes.bar([x + offset for x in range(len(tasks))], heights, width, label=textwrap.shorten(policy, 60))
+    axes.set_xticks(range(len(tasks)), [task for _, task in tasks])
+    axes.set_ylim(0.0, 1.0)
+    axes.set_ylabel("mean score")
+    axes.set_title(", ".join(dict.fromkeys(benchmark for benchmark, _ in tasks)), fontsize=9)
+    # Outside the axes: policy labels are long and would hide bars.
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    save_png(figure, path)
+
+
+def write_benchmark_reports(output_dir: str | Path, records: Sequence[dict[str, Any]], header: str) -> Path:
+    """``results.csv``, ``results.md`` and the bar chart ``scores.png``; returns the chart's path."""
+    output_dir = Path(output_dir)
+    rows = benchmark_scores(records)
+    write_atomic(output_dir / "results.csv", csv_text(rows, SCORE_COLUMNS))
+    figure = output_dir / "scores.png"
+    plot_scores(rows, figure)
+    sections = [header, "## Mean score per policy and task\n", markdown_table(rows, SCORE_COLUMNS),
+                f"\n![score per task and policy]({figure.name})\n"]
+    write_atomic(output_dir / "results.md", "\n".join(sections))
+    return figure
 
 
 def write_reports(output_dir: str | Path, records: Sequence[dict[str, Any]], header: str) -> list[Path]:

@@ -3,18 +3,25 @@
 Prefill feeds the prompt in chunks of ``chunk_size`` tokens, so a bounded cache evicts after
 every chunk and never holds more than its budget plus one chunk (see
 :mod:`streaming_llm.evaluation.driver` on what a chunk sees). Decoding is plain greedy
-(argmax) from the cache the policy kept, stopping at an end-of-turn token.
+(argmax) from the cache the policy kept, stopping at an end-of-turn token. ``answer_prompt``
+does all of it with a fresh cache for one policy and scores the answer.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from ..api import cache_from_config
 from ..cache import BoundedCache
+from ..policies import PolicyConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,3 +106,32 @@ def greedy_generate(
     _synchronize(device)
     result.decode_seconds = time.perf_counter() - start
     return result
+
+
+def answer_prompt(model: torch.nn.Module, tokenizer, config: PolicyConfig, prompt_ids: Sequence[int],
+                  decode: DecodeConfig, stop_ids: Iterable[int], score: Callable[[str], float]) -> dict[str, Any]:
+    """Greedy answer to ``prompt_ids`` with a fresh cache following ``config``, its ``score`` and
+    what a result record keeps of the run (sizes, timings)."""
+    with cache_from_config(model, config) as cache:  # gives the model its attention back afterwards
+        generation = greedy_generate(model, cache, prompt_ids, decode, stop_ids)
+        budget = cache.max_slots()
+    prediction = tokenizer.decode(generation.tokens, skip_special_tokens=True)
+    return {
+        "prediction": prediction,
+        "score": score(prediction),
+        "prompt_tokens": len(prompt_ids),
+        "generated_tokens": len(generation.tokens),
+        "prefill_seconds": generation.prefill_seconds,
+        "decode_seconds": generation.decode_seconds,
+        "cache_tokens_max": generation.cache_tokens_max,
+        "cache_bytes_max": generation.cache_bytes_max,
+        "cache_budget_tokens": budget,
+    }
+
+
+def warn_beyond_positions(model: torch.nn.Module, prompt_tokens: int, new_tokens: int) -> None:
+    """Log a warning when prompts and answers may run past the model's trained positions."""
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions and prompt_tokens + new_tokens > max_positions:
+        log.warning("prompts up to %d tokens + %d new tokens exceed the model's %d positions",
+                    prompt_tokens, new_tokens, max_positions)
