@@ -74,3 +74,15 @@ def test_bad_input_exits_2_with_a_clear_message(tiny_model_dir, tmp_path, capsys
 def test_module_entry_point_lists_policies():
     out = subprocess.run([sys.executable, "-m", "streaming_llm", "policies"], capture_output=True, text=True, check=True)
     assert "streaming" in out.stdout and "recent_size" in out.stdout
+
+
+def test_quiet_keeps_policy_log_lines_out_of_the_console_but_in_the_record(tiny_model_dir, tmp_path):
+    """A run lowers the streaming_llm logger to INFO to record ADMS's lines; --quiet must still
+    keep them (and every other INFO line) off stderr."""
+    command = [sys.executable, "-m", "streaming_llm", "eval", "--model", str(tiny_model_dir), "--num-tokens", "48",
+               "--policy", "adms:start_size=2,enable_dynamic_sink=false,recent_size=8,compressed_budget=8,log_every=16",
+               "--output-dir", str(tmp_path), "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "[ADMS" not in result.stderr and "INFO" not in result.stderr
+    (record_path,) = (tmp_path / "runs").glob("*.json")
+    assert any(line.startswith("[ADMS Stats @ 16]") for line in json.loads(record_path.read_text())["log"])

@@ -191,10 +191,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_console_logging(quiet: bool) -> None:
+    """Log to stderr: INFO and up, or only warnings with ``--quiet``. The level sits on the
+    handler, not only on the root logger, because a run lowers the ``streaming_llm`` logger to
+    INFO to record the ADMS lines and records propagated from a child logger skip the root
+    logger's own level."""
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=handler.level, handlers=[handler])
+
+
+def disable_library_progress_bars() -> None:
+    """``--quiet`` also silences transformers' and huggingface_hub's own bars (weight loading, downloads)."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    quiet = getattr(args, "quiet", False)
+    configure_console_logging(quiet)
+    if quiet:
+        disable_library_progress_bars()
     try:
         return args.func(args)
     except (ValueError, OSError, ImportError) as error:
