@@ -116,6 +116,27 @@ def test_exact_only_keeps_the_top_value_norm_tokens(token_stream):
     del reference
 
 
+@pytest.mark.parametrize("metric,chunk", [("attention", 1), ("attention", 5), ("value_norm", 3)])
+def test_exact_only_index_selection_equals_the_general_step(token_stream, metric, chunk, monkeypatch):
+    """The exact-only fast path (an index selection) keeps what the general tier rebuild keeps:
+    same logits, same slot positions."""
+    params = dict(start_size=2, recent_size=9, compressed_budget=14, importance_ratio=1.0, importance_metric=metric,
+                  coverage_segments=3, coverage_priority=0.4, compression_interval=3, enable_dynamic_sink=False)
+    runs = []
+    for general in (False, True):
+        cache = make_cache(MODEL, "adms", **params)
+        if general:
+            for layer in cache.layers:
+                monkeypatch.setattr(layer.policy, "_compress", layer.policy._rebuild_mid)
+        collected = []
+        with cache:
+            stream(token_stream[:, :100], cache, chunk, lambda c, logits: collected.append(logits[0, -1]))
+        runs.append((torch.stack(collected), [layer.positions.clone() for layer in cache.layers]))
+    assert cache.layers[0].policy.exact_only and cache.layers[0].policy.compressions > 0
+    assert (runs[0][0] - runs[1][0]).abs().max() < 1e-5
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
 def test_coverage_spreads_part_of_the_selection_over_time():
     positions = torch.arange(40).expand(1, 40)
     scores = torch.arange(40, dtype=torch.float32)[None]  # the best are all at the end

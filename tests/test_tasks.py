@@ -214,6 +214,18 @@ def test_benchmark_rows_and_truncation():
         load_longbench("vcsum")
 
 
+def test_malformed_local_rows_name_the_file_line_and_fields(tmp_path):
+    (tmp_path / "trec.jsonl").write_text('{"input": "q", "context": "c", "answers": ["a"]}\n\n{"input": oops}\n')
+    with pytest.raises(ValueError, match=r"trec\.jsonl:3: not valid JSON"):
+        load_longbench("trec", source=str(tmp_path))
+    (tmp_path / "trec.jsonl").write_text('["a list"]\n')
+    with pytest.raises(ValueError, match=r"trec\.jsonl:1: expected a JSON object"):
+        load_longbench("trec", source=str(tmp_path))
+    (tmp_path / "trec.jsonl").write_text(json.dumps({"_id": "x7", "input": "q", "context": "c"}) + "\n")
+    with pytest.raises(ValueError, match=r"row 'x7' lacks answers; each row needs the fields input, context, answers"):
+        load_longbench("trec", source=str(tmp_path))
+
+
 @pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")
 def test_hub_loading_without_datasets_names_the_extra():
     with pytest.raises(ImportError, match=r"streaming_llm\[datasets\]"):

@@ -380,12 +380,51 @@ class ADMSLayer(LayerPolicy):
         low = min(self.config.min_importance_tokens, self.config.mid_capacity)
         return (base * share).round().long().clamp(low, self.config.mid_capacity)
 
-    def _compress(self, view: SlotView) -> SlotRewrite:
+    @property
+    def exact_only(self) -> bool:
+        """No compressed share and the same exact budget in every head: selection alone."""
+        config = self.config
+        return not config.use_adaptive_budget and config.exact_budget == config.mid_capacity
+
+    def _compress(self, view: SlotView) -> "SlotRewrite | torch.Tensor":
         if self.compressor is None:
             raise ValueError(
                 "compressor_type='custom' needs a compressor: enable_adms_llm(model, compressor=obj, ...) or "
                 "cache.compressors = {(layer, head): obj, ...} with obj.compress(K, V) -> (K', V')"
             )
+        if self.exact_only:
+            return self._keep_top_exact(view)
+        return self._rebuild_mid(view)
+
+    def _keep_top_exact(self, view: SlotView) -> torch.Tensor:
+        """Exact-only step: the slots ``(H, T')`` to keep — sinks, the ``E`` best mid tokens by
+        coverage ranking, the recent window. The same tokens as :meth:`_rebuild_mid` would keep
+        (mid slots are already in position order and none is empty), as one index selection
+        instead of a rebuilt mid tier: this is the per-step cost that decides ADMS's speed."""
+        total, device = view.num_slots, view.keys.device
+        lo, hi = self.sink, total - self.recent
+        ranking = coverage_ranking(
+            self.scores[:, lo:hi], view.positions[:, lo:hi].to(device), self.config.exact_budget,
+            self.config.coverage_segments, self.config.coverage_priority,
+        )
+        kept = min(self.config.exact_budget, hi - lo)
+        chosen = ranking[:, :kept].sort(dim=-1).values + lo
+        heads = chosen.shape[0]
+        keep = torch.cat([
+            torch.arange(lo, device=device).expand(heads, lo),
+            chosen,
+            torch.arange(hi, total, device=device).expand(heads, total - hi),
+        ], dim=1)
+        self.counts = self.counts.gather(1, keep)
+        self.compressed = self.compressed.gather(1, keep)
+        self.scores = self.scores.gather(1, keep)
+        self.mid_after_compression = kept
+        self.compressions += 1
+        return keep
+
+    def _rebuild_mid(self, view: SlotView) -> SlotRewrite:
+        """General step: keep the best exact tokens, fold the rest into the compressed tier,
+        anchor its slots and rebuild the mid tier sorted by position."""
         total, device = view.num_slots, view.keys.device
         lo, hi = self.sink, total - self.recent  # mid slots [lo, hi)
         positions = view.positions.to(device)

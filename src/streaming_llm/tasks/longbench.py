@@ -95,6 +95,7 @@ def longbench_example(task: str, row: dict[str, Any]) -> BenchmarkExample:
     """A LongBench row (``input, context, answers, all_classes, _id``) as an example."""
     if task not in LONGBENCH_PROMPTS:
         raise ValueError(f"LongBench task must be one of {', '.join(LONGBENCH_PROMPTS)}; got {task!r}")
+    _require_fields("LongBench", task, row, ("input", "context", "answers"))
     prompt = LONGBENCH_PROMPTS[task].format(context=row["context"], input=row["input"])
     return BenchmarkExample(
         "longbench", task, str(row.get("_id", "")), prompt, tuple(row["answers"]),
@@ -106,15 +107,37 @@ def zeroscrolls_example(task: str, row: dict[str, Any]) -> BenchmarkExample:
     """A ZeroSCROLLS row (``id, input, output``) as an example; ``output`` is None on ``test``."""
     if task not in ZEROSCROLLS_METRICS:
         raise ValueError(f"ZeroSCROLLS task must be one of {', '.join(ZEROSCROLLS_METRICS)}; got {task!r}")
+    _require_fields("ZeroSCROLLS", task, row, ("input",))
     output = row.get("output")
     answers = tuple(output) if isinstance(output, list) else (() if output is None else (output,))
     return BenchmarkExample("zeroscrolls", task, str(row.get("id", "")), row["input"], answers,
                             max_new_tokens=ZEROSCROLLS_MAX_NEW_TOKENS[task])
 
 
+def _require_fields(benchmark: str, task: str, row: dict[str, Any], fields: Sequence[str]) -> None:
+    missing = [field for field in fields if field not in row]
+    if missing:
+        raise ValueError(
+            f"{benchmark} {task} row {row.get('_id', row.get('id', '?'))!r} lacks {', '.join(missing)}; "
+            f"each row needs the fields {', '.join(fields)}"
+        )
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """One JSON object per line; a line that is not one is an error naming the file and line."""
+    rows = []
     with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}); expected one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object per line, got a {type(row).__name__}")
+            rows.append(row)
+    return rows
 
 
 def _is_hub_id(source: str) -> bool:
