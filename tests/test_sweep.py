@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from streaming_llm.cli import main
+from streaming_llm.adms_cache import ADMSConfig
 from streaming_llm.report.comparison import compare
 from streaming_llm.report.plots import pareto_front, windowed_ppl
 from streaming_llm.sweep import load_grid, run_sweep
@@ -279,6 +280,16 @@ def test_comparison_metrics_match_hand_computed_values():
     assert rows[2]["speed_x"] == pytest.approx(0.8)
     assert rows[1]["gap_closure"] == 0 and rows[0]["gap_closure"] == pytest.approx(1.0)
     assert compare(records[2:])[0]["improvement_pct"] is None  # no baseline, no made-up numbers
+
+
+def test_table_rows_show_every_parameter_that_differs_from_the_default():
+    """Two runs that differ only in a parameter outside the sizing ones must not read alike."""
+    base = ADMSConfig(start_size=4, recent_size=252, enable_dynamic_sink=False).to_dict()
+    records = [{"policy": "adms", "ppl": 1.0, "tok_per_s": 1.0, "params": base},
+               {"policy": "adms", "ppl": 1.0, "tok_per_s": 1.0, "params": {**base, "enable_dynamic_sink": True}}]
+    first, second = (row["params"] for row in compare(records))
+    assert first["enable_dynamic_sink"] is False and "enable_dynamic_sink" not in second
+    assert first["compressed_budget"] == 128 and "svd_max_tokens" not in first  # sizing shown, defaults not
 
 
 def test_pareto_front_and_windowed_ppl():

@@ -18,6 +18,7 @@ from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_r
 from .evaluation.runs import SUMMARY_COLUMNS, RunSpec
 from .policies import get_policy_config_class, list_policies
 from .report import console_table, csv_text, markdown_table, write_atomic, write_json
+from .report.comparison import shown_params
 from .report.plots import markdown_images, write_standard_plots
 from .tasks.benchmark_cli import add_benchmark_parser
 from .tasks.cli import add_tasks_parser
@@ -50,8 +51,7 @@ def _parse_set(items: list[str], specs: list[RunSpec]) -> list[RunSpec]:
 
 def _summary_row(record: dict[str, Any]) -> dict[str, Any]:
     row = {c: record.get(c) for c in SUMMARY_COLUMNS}
-    defaults = get_policy_config_class(record["policy"])()
-    row["params"] = {k: v for k, v in record["params"].items() if getattr(defaults, k) != v or k in ("recent_size", "window_size", "start_size")}
+    row["params"] = shown_params(record["policy"], record["params"])
     return row
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..policies import get_policy_config_class
 from . import csv_text, markdown_table, write_atomic, write_json
 from .plots import markdown_images, plot_ppl_along_stream, run_label, write_standard_plots
 
@@ -20,9 +21,16 @@ BASELINE = "streaming"
 COMPARISON_COLUMNS = ("policy", "params", "cache_bytes_max", "ppl", "improvement_pct", "gap_closure",
                       "tok_per_s", "speed_x", "peak_rss_bytes")
 AGGREGATE_COLUMNS = ("scenario", "profile", "model", "text", "tokens", "context", *COMPARISON_COLUMNS)
-#: parameters worth showing in a table row (the rest are in the JSON records)
+#: sizing parameters a table row always shows (the rest appear when they differ from the default)
 SHOWN_PARAMS = ("start_size", "recent_size", "window_size", "heavy_size", "cache_size", "storage_size", "topk",
                 "compressed_budget", "compressor_type", "importance_ratio", "importance_metric", "rank")
+
+
+def shown_params(policy: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters a table row shows: the sizing ones above and every one that differs from
+    the policy's default, so two runs that differ never read alike (all are in the records)."""
+    defaults = get_policy_config_class(policy)().to_dict()
+    return {k: v for k, v in params.items() if k in SHOWN_PARAMS or (k in defaults and defaults[k] != v)}
 
 
 def compare(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -33,7 +41,7 @@ def compare(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for record in records:
         row = {c: record.get(c) for c in COMPARISON_COLUMNS}
-        row["params"] = {k: record["params"][k] for k in SHOWN_PARAMS if k in record.get("params", {})}
+        row["params"] = shown_params(record["policy"], record.get("params", {}))
         row["improvement_pct"] = row["gap_closure"] = row["speed_x"] = None
         if baseline is not None:
             base_ppl = baseline["ppl"]
