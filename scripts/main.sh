@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up, then run the main job: the full cache against bounded policies on SmolLM2 over a shipped
-# book, token by token. The bounded ones hold the same bytes (those of 256 fp32 KV slots):
-# sliding window 256, StreamingLLM 4+252, H2O 127+127 (its scores cost bytes too), and ADMS with 4 sinks, a mid tier of 128
-# tokens selected by attention (exact-only, its fastest setting) and a recent window of 122 (the
-# sizes `--cache-bytes 11980800` gives; see README, "Measured at equal memory").
+# book, token by token. The bounded ones hold the bytes of 256 fp32 KV slots (the sizes that
+# `--cache-bytes 11980800` gives): sliding window 256, StreamingLLM 4+252, H2O 127+127 (its
+# scores cost bytes too), and ADMS with 4 sinks, a mid tier of 128 tokens selected by attention
+# (exact-only, its fastest setting) and a recent window of 122. See README, "Measured at equal
+# memory".
 # Extra arguments go to `streaming-llm eval` (e.g. --num-tokens 4096).
 set -euo pipefail
 cd "$(dirname "$0")/.."
