@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from streaming_llm import make_cache
+from streaming_llm.compat import cache_kwargs
 from streaming_llm.data import BUILTIN_CORPORA, accumulate_until, list_builtin_texts, load_text, tokenize_stream
 from streaming_llm.evaluation.driver import stream
 from streaming_llm.report import write_atomic
@@ -65,7 +66,7 @@ def test_driver_records_a_bounded_cache(tiny_llama, token_stream):
     step_bytes, ids = [], token_stream[:, :99]
     with make_cache(tiny_llama, "streaming", start_size=4, recent_size=20) as again, torch.no_grad():
         for t in range(ids.shape[1]):
-            tiny_llama(input_ids=ids[:, t : t + 1], past_key_values=again, use_cache=True)
+            tiny_llama(input_ids=ids[:, t : t + 1], **cache_kwargs(tiny_llama, again), use_cache=True)
             step_bytes.append(again.cache_bytes())
     assert len(set(step_bytes[30:])) == 1  # constant once full
     assert result.cache_bytes_max == max(step_bytes) == cache.high_water.bytes == cache.cache_bytes()

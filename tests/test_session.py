@@ -3,7 +3,6 @@ end of every forward step (cross-layer work, high-water marks)."""
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import pytest
@@ -13,6 +12,7 @@ from transformers import DynamicCache
 from conftest import tiny_model
 from streaming_llm import BoundedCache, BoundedLayer, attention, make_cache
 from streaming_llm.attention import ATTENTION_NAME
+from streaming_llm.compat import cache_argument, cache_kwargs
 from streaming_llm.policies.dynamickv import AdaptiveLayer, DynamicKVConfig
 from streaming_llm.protocol import LayerPolicy
 
@@ -27,7 +27,7 @@ def installed(model: torch.nn.Module) -> tuple:
 
 def feed(model, bounded, ids, chunk=1, **call):
     """Logits ``(T, V)`` of ``ids`` fed ``chunk`` tokens per call, the cache passed as ``call`` says."""
-    call = call or {"past_key_values": bounded}
+    call = call or cache_kwargs(model, bounded)
     with torch.no_grad():
         return torch.cat([model(input_ids=ids[:, s : s + chunk], use_cache=True, **call).logits[0]
                           for s in range(0, ids.shape[1], chunk)])
@@ -55,13 +55,14 @@ def test_a_discarded_cache_takes_its_hooks_with_it():
     assert installed(model)[1:] == (0, 0, 0)
 
 
-@pytest.mark.skipif("cache" not in inspect.signature(tiny_model("llama").forward).parameters,
+@pytest.mark.skipif(cache_argument(tiny_model("llama")) != "cache",
                     reason="this transformers has no cache= argument (added in 5.24)")
+@pytest.mark.filterwarnings("ignore:.*past_key_values.*:FutureWarning")  # the old name, on purpose
 @pytest.mark.parametrize("policy, params", [("h2o", dict(heavy_size=4, recent_size=4)), ("dynamickv", DYNAMICKV)])
 def test_both_argument_names_reach_the_cache(token_stream, policy, params):
     model, ids = tiny_model("llama"), token_stream[:, :60]
     with make_cache(model, policy, **params) as by_old_name:
-        expected = feed(model, by_old_name, ids)
+        expected = feed(model, by_old_name, ids, past_key_values=by_old_name)
     with make_cache(model, policy, **params) as by_new_name:
         got = feed(model, by_new_name, ids, cache=by_new_name)
     assert torch.equal(got, expected)
@@ -89,8 +90,8 @@ def test_two_caches_on_one_model_each_get_their_own_layers(token_stream):
         got = []
         with torch.no_grad():
             for t in range(ids.shape[1]):  # interleaved calls, one token each
-                got.append(model(input_ids=ids[:, t : t + 1], past_key_values=first, use_cache=True).logits[0])
-                model(input_ids=ids[:, t : t + 1], past_key_values=second, use_cache=True)
+                got.append(model(input_ids=ids[:, t : t + 1], **cache_kwargs(model, first), use_cache=True).logits[0])
+                model(input_ids=ids[:, t : t + 1], **cache_kwargs(model, second), use_cache=True)
     assert torch.equal(torch.cat(got), expected)
     assert first.get_seq_length() == second.get_seq_length() == 50
 
@@ -145,12 +146,12 @@ def test_dynamickv_end_of_step_equals_trimming_inside_attention(token_stream, ch
 def test_dynamickv_generate_ends_every_step(token_stream):
     model, prompt = tiny_model("llama", num_hidden_layers=4), token_stream[:, :40]
     with make_cache(model, "dynamickv", **DYNAMICKV) as cache:
-        out = model.generate(prompt, past_key_values=cache, max_new_tokens=60, do_sample=False, pad_token_id=0)
+        out = model.generate(prompt, **cache_kwargs(model, cache), max_new_tokens=60, do_sample=False, pad_token_id=0)
     with make_cache(model, "dynamickv", **DYNAMICKV) as by_hand, torch.no_grad():
-        logits = model(input_ids=prompt, past_key_values=by_hand, use_cache=True).logits
+        logits = model(input_ids=prompt, **cache_kwargs(model, by_hand), use_cache=True).logits
         tokens = [logits[:, -1:].argmax(-1)]
         for _ in range(59):
-            tokens.append(model(input_ids=tokens[-1], past_key_values=by_hand, use_cache=True).logits.argmax(-1))
+            tokens.append(model(input_ids=tokens[-1], **cache_kwargs(model, by_hand), use_cache=True).logits.argmax(-1))
     assert torch.equal(out[:, 40:], torch.cat(tokens, dim=1))
     assert cache.high_water == by_hand.high_water
     assert sum(cache.cache_tokens()) <= 4 * DYNAMICKV["cache_size"]
@@ -179,11 +180,11 @@ def test_a_step_the_session_did_not_end_ends_at_the_next_update(token_stream):
     model = tiny_model("llama")
     cache = BoundedCache([BoundedLayer(TrimAtEndOfStep(5)) for _ in range(2)]).attach(model)
     with torch.no_grad():
-        model(input_ids=token_stream[:, :9], past_key_values=cache, use_cache=True)
+        model(input_ids=token_stream[:, :9], **cache_kwargs(model, cache), use_cache=True)
         assert cache.cache_tokens() == [5, 5]  # the session ended the step
-        model.model(input_ids=token_stream[:, 9:12], past_key_values=cache, use_cache=True)  # not hooked
+        model.model(input_ids=token_stream[:, 9:12], **cache_kwargs(model.model, cache), use_cache=True)  # not hooked
         assert cache.cache_tokens() == [8, 8]
-        model.model(input_ids=token_stream[:, 12:13], past_key_values=cache, use_cache=True)
+        model.model(input_ids=token_stream[:, 12:13], **cache_kwargs(model.model, cache), use_cache=True)
         assert cache.cache_tokens() == [6, 6]  # 8 trimmed to 5 before the new token was stored
     cache.disable()
 
@@ -193,7 +194,7 @@ def test_high_water_marks_and_stats(token_stream):
     with make_cache(model, "rocketkv", storage_size=16, topk=6, window_size=4, kernel_size=3, reselect_interval=4) as cache, torch.no_grad():
         marks = []
         for t in range(ids.shape[1]):
-            model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            model(input_ids=ids[:, t : t + 1], **cache_kwargs(model, cache), use_cache=True)
             marks.append((max(cache.cache_tokens()), cache.cache_bytes()))
         stats = cache.stats
     assert cache.high_water.slots == max(m[0] for m in marks) == stats["slots_max"]

@@ -27,13 +27,9 @@ import weakref
 import torch
 
 from . import attention, position_inputs
+from .compat import carries
 from .architectures import ModelLayout
 from .positions import UnsupportedModelError
-
-
-def _carries(cache, args: tuple, kwargs: dict) -> bool:
-    """Whether a model call's arguments include ``cache`` itself (any name, or positional)."""
-    return any(value is cache for value in kwargs.values()) or any(value is cache for value in args)
 
 
 class Session:
@@ -106,7 +102,7 @@ class Session:
     # -- the hooks -------------------------------------------------------------------------
     def _before_call(self, module, args: tuple, kwargs: dict):
         cache = self._cache()
-        self.carried = cache if cache is not None and _carries(cache, args, kwargs) else None
+        self.carried = cache if cache is not None and carries(args, kwargs, cache) else None
         if self.carried is None or not self.sets_positions:
             return None
         return args, position_inputs.with_positions(cache, args, kwargs)
