@@ -27,8 +27,8 @@ import weakref
 import torch
 
 from . import attention, position_inputs
-from .compat import carries
 from .architectures import ModelLayout
+from .compat import carries
 from .positions import UnsupportedModelError
 
 
