@@ -125,7 +125,7 @@ def run_perplexity(model, token_ids: list[int], config: PolicyConfig, identity: 
         "tok_per_s": result.tok_per_s,
         "seconds": result.seconds,
         "cache_tokens_max": max(result.cache_tokens),
-        "cache_bytes_max": max(result.cache_bytes),
+        "cache_bytes_max": result.cache_bytes_max,
         "cache_bytes_max_by_layer_type": result.cache_bytes_max_by_layer_type,
         "cache_budget_tokens": cache.max_slots(),
         "policy_stats": cache.policy_stats(),
