@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .checks import check_int
 from .cli_args import add_run_arguments
 from .data import DEFAULT_TEXT, list_builtin_texts, load_text
 from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_reuse
@@ -73,10 +74,8 @@ def _write_reports(output_dir: Path, records: list[dict[str, Any]], command: str
 
 def _eval_jobs(args: argparse.Namespace) -> list[Job]:
     specs = _parse_set(args.set or [], [RunSpec.parse(p) for p in args.policy])
-    if args.num_tokens < 2:
-        raise ValueError(f"--num-tokens must be an integer >= 2; got {args.num_tokens}")
-    if args.chunk_size < 1:
-        raise ValueError(f"--chunk-size must be an integer >= 1; got {args.chunk_size}")
+    check_int("--num-tokens", args.num_tokens, 2)
+    check_int("--chunk-size", args.chunk_size, 1)
     source = StreamSource(model=args.model, text=None if args.dataset else (args.text or DEFAULT_TEXT),
                           dataset=args.dataset, dataset_config=args.dataset_config, split=args.split,
                           num_samples=args.num_samples, num_tokens=args.num_tokens,
@@ -103,7 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.json:
         print(console_table([_summary_row(r) for r in records], SUMMARY_COLUMNS))
     if output_dir is not None:
-        _write_reports(output_dir, records, " ".join(map(shlex.quote, ["streaming-llm", *sys.argv[1:]])))
+        _write_reports(output_dir, records, shlex.join(["streaming-llm", *sys.argv[1:]]))
         if not args.json:
             print(f"\nreport: {output_dir / 'results.md'}")
     return 0

@@ -52,4 +52,4 @@ def answer_words(args: argparse.Namespace) -> list[str]:
 
 def spelled_out(words: Iterable[str]) -> str:
     """``words`` as one shell command line, each quoted where the shell needs it."""
-    return " ".join(map(shlex.quote, words))
+    return shlex.join(words)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..checks import check_int
 from ..data import DEFAULT_TEXT, tokenize_stream
 from ..models import DEFAULT_MODEL, DTYPES, load_model
 from ..report import write_json
@@ -44,10 +45,8 @@ class StreamSource:
     def __post_init__(self) -> None:
         if self.text is not None and self.dataset is not None:
             raise ValueError(f"give text or dataset, not both; got text={self.text!r}, dataset={self.dataset!r}")
-        if isinstance(self.num_tokens, bool) or not isinstance(self.num_tokens, int) or self.num_tokens < 2:
-            raise ValueError(f"num_tokens must be an integer >= 2; got {self.num_tokens!r}")
-        if self.num_samples is not None and (not isinstance(self.num_samples, int) or self.num_samples < 1):
-            raise ValueError(f"num_samples must be an integer >= 1 or None; got {self.num_samples!r}")
+        check_int("num_tokens", self.num_tokens, 2)
+        check_int("num_samples", self.num_samples, 1, optional=True)
 
     @property
     def label(self) -> str:
@@ -78,8 +77,7 @@ class RunSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be an integer >= 1; got {self.chunk_size!r}")
+        check_int("chunk_size", self.chunk_size, 1)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if not isinstance(self.seed, int):
@@ -107,10 +105,7 @@ class Job:
             self.equal_memory_to.config()
         if self.cache_bytes is not None and self.equal_memory_to is not None:
             raise ValueError("give cache_bytes or equal_memory_to, not both")
-        if self.cache_bytes is not None and (
-            isinstance(self.cache_bytes, bool) or not isinstance(self.cache_bytes, int) or self.cache_bytes < 1
-        ):
-            raise ValueError(f"cache_bytes must be an integer >= 1; got {self.cache_bytes!r}")
+        check_int("cache_bytes", self.cache_bytes, 1, optional=True)
 
     def definition(self) -> dict[str, Any]:
         """Everything that determines the run's results (labels excluded)."""

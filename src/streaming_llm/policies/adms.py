@@ -55,6 +55,7 @@ from ..compressors import (
 )
 from ..compressors.base import pad_to_common_size
 from ..selection import coverage_ranking
+from ..checks import check_fraction
 from .base import POSITION_BYTES, LayerPolicy, PolicyConfig, SlotRewrite, SlotView, check_int
 from .scored import per_kv_head
 from .streaming import dynamic_sink_size
@@ -68,11 +69,6 @@ _COUNT_BYTES = 4
 def _exact_row_bytes(num_kv_heads: int, head_dim: int, element_bytes: int) -> int:
     """Bytes of one exact slot of one layer: K and V rows, a position and a score per KV head."""
     return num_kv_heads * (2 * head_dim * element_bytes + POSITION_BYTES + _SCORE_BYTES)
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
 
 
 @dataclass
@@ -130,8 +126,8 @@ class ADMSConfig(PolicyConfig):
             check_int(name, getattr(self, name), 1)
         check_int("min_importance_tokens", self.min_importance_tokens, 0)
         check_int("log_every", self.log_every, 0)
-        _check_fraction("importance_ratio", self.importance_ratio)
-        _check_fraction("coverage_priority", self.coverage_priority)
+        check_fraction("importance_ratio", self.importance_ratio)
+        check_fraction("coverage_priority", self.coverage_priority)
 
     # -- derived budgets --------------------------------------------------------------------
     @property

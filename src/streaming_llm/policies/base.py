@@ -20,6 +20,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from ..checks import check_int  # noqa: F401  (re-exported: policies import it from here)
+
 #: bytes of the per-slot, per-KV-head position metadata (int64), counted in ``cache_bytes()``.
 POSITION_BYTES = 8
 
@@ -181,12 +183,6 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
             raise ValueError(f"{name} must be a string; got {value!r}")
         return value
     return value
-
-
-def check_int(name: str, value: int, minimum: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is an int (not a bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
 
 
 @dataclass

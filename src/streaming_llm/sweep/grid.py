@@ -33,6 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..checks import check_int
 from ..evaluation.jobs import Job, RunSettings, StreamSource
 from ..evaluation.runs import RunSpec
 
@@ -143,10 +144,12 @@ class Profile:
                 raise ValueError(f"profile {name!r}: equal_memory_to={reference!r} names no policy of the profile; "
                                  f"allowed: {', '.join(s.policy for s in specs)}")
         cache_bytes = values.get("cache_bytes")
-        if cache_bytes is not None and (matched is not None or isinstance(cache_bytes, bool)
-                                        or not isinstance(cache_bytes, int) or cache_bytes < 1):
-            raise ValueError(f"profile {name!r}: cache_bytes must be an integer >= 1, and not given with "
-                             f"equal_memory_to; got {cache_bytes!r}")
+        if cache_bytes is not None and matched is not None:
+            raise ValueError(f"profile {name!r}: give cache_bytes or equal_memory_to, not both")
+        try:
+            check_int("cache_bytes", cache_bytes, 1, optional=True)
+        except ValueError as error:
+            raise ValueError(f"profile {name!r}: {error}") from None
         return cls(name, specs, matched, str(values.get("description", "")), cache_bytes)
 
 

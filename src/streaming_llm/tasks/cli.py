@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..checks import check_int
 from ..cli_args import add_answer_command, answer_words, run_words, spelled_out
 from ..data import load_text
 from ..evaluation.runs import RunSpec
@@ -61,8 +62,7 @@ def _check_grid(args: argparse.Namespace) -> None:
         raise ValueError(f"--lengths must be integers >= 1; got {args.lengths}")
     if any(not 0.0 <= depth <= 1.0 for depth in args.depths):
         raise ValueError(f"--depths must be numbers in [0, 1]; got {args.depths}")
-    if args.samples < 1:
-        raise ValueError(f"--samples must be an integer >= 1; got {args.samples}")
+    check_int("--samples", args.samples, 1)
 
 
 def _record_name(identity: dict[str, Any]) -> str:
