@@ -8,20 +8,19 @@ import pytest
 import torch
 
 from conftest import tiny_model
+from policy_table import first_row
 from streaming_llm import cache_from_config, list_policies, make_policy_config
 from streaming_llm.cli import main
+from streaming_llm.policies import is_bounded
 from streaming_llm.sizing import KVGeometry, size_to_bytes
 
-SMALL_WINDOW = dict(window_size=4, reselect_interval=4, kernel_size=3)
 TARGET = 40_000
 
 
-@pytest.mark.parametrize("policy", [p for p in list_policies() if p != "full"])
+@pytest.mark.parametrize("policy", [p for p in list_policies() if is_bounded(p)])
 def test_sized_policy_uses_at_most_and_nearly_the_target(token_stream, policy):
     model = tiny_model("llama")
-    params = SMALL_WINDOW if policy in ("snapkv", "dynamickv", "rocketkv") else {}
-    if policy == "adms":
-        params = dict(start_size=2, compressed_budget=12, enable_dynamic_sink=False, rank=4)
+    params = first_row(policy)  # small windows and mid tiers: the target is what sizes the rest
     config = size_to_bytes(make_policy_config(policy, **params), model, TARGET)
     one_slot_everywhere = KVGeometry.of(model).num_layers * KVGeometry.of(model).bytes_per_slot(config)
     peak = 0

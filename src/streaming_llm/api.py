@@ -6,7 +6,7 @@ import torch
 
 from .architectures import ModelLayout, describe_model
 from .cache import BoundedCache, BoundedLayer
-from .policies import PolicyConfig, make_policy_config
+from .policies import PolicyConfig, make_policy_config, policies_on_model_attention
 from .policies.sliding_window import KeepLast
 from .positions import UnsupportedModelError
 
@@ -50,8 +50,7 @@ def attach_model_hooks(cache: BoundedCache, model: torch.nn.Module, layout: Mode
             raise UnsupportedModelError(
                 f"policy {cache.policy_name!r} needs attention scores through transformers' AttentionInterface, "
                 f"which {layout.family.name} attention does not use; policies that run on it: those without "
-                "attention scores or logit biases (full, sliding_window, streaming, adms with "
-                "compressor_type=low_rank and importance_metric=value_norm)"
+                f"attention scores or logit biases ({', '.join(policies_on_model_attention())} with their defaults)"
             )
         cache.attach_hook(model)
     if cache.config is not None and cache.config.enable_pos_shift and layout.remaps_input_positions:

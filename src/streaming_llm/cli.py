@@ -17,7 +17,7 @@ from .cli_args import add_run_arguments
 from .data import DEFAULT_TEXT, list_builtin_texts, load_text
 from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_reuse
 from .evaluation.runs import SUMMARY_COLUMNS, RunSpec
-from .policies import get_policy_config_class, list_policies
+from .policies import get_policy_config_class, is_bounded, list_policies
 from .report import console_table, csv_text, markdown_table, write_atomic, write_json
 from .report.comparison import shown_params
 from .report.plots import markdown_images, write_standard_plots
@@ -84,7 +84,7 @@ def _eval_jobs(args: argparse.Namespace) -> list[Job]:
     if args.dataset is None:
         load_text(source.text)  # a missing file fails now, before the model loads
     # Job validates every policy before anything is loaded
-    return [Job(source, spec, settings, cache_bytes=None if spec.policy == "full" else args.cache_bytes)
+    return [Job(source, spec, settings, cache_bytes=args.cache_bytes if is_bounded(spec.policy) else None)
             for spec in specs]
 
 
@@ -102,7 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.json:
         print(console_table([_summary_row(r) for r in records], SUMMARY_COLUMNS))
     if output_dir is not None:
-        _write_reports(output_dir, records, shlex.join(["streaming-llm", *sys.argv[1:]]))
+        _write_reports(output_dir, records, shlex.join(["streaming-llm", *args.argv]))
         if not args.json:
             print(f"\nreport: {output_dir / 'results.md'}")
     return 0
@@ -212,6 +212,7 @@ def disable_library_progress_bars() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what reports quote as the command
     quiet = getattr(args, "quiet", False)
     configure_console_logging(quiet)
     if quiet:

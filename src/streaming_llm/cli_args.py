@@ -22,7 +22,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"built-in name, .gguf file, local dir or HF id (default {DEFAULT_MODEL})")
     parser.add_argument("--cache-bytes", type=int, default=None,
-                        help="equal-memory mode: size every bounded policy to this many cache bytes (full stays unbounded)")
+                        help="equal-memory mode: size every bounded policy to this many cache bytes (unbounded ones, e.g. full, stay so)")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 

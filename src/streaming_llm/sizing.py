@@ -70,7 +70,7 @@ def cache_bytes_of(config: PolicyConfig, model: torch.nn.Module) -> int:
 
 def size_for_comparison(config: PolicyConfig, model: torch.nn.Module, cache_bytes: int | None) -> PolicyConfig:
     """``config`` sized to ``cache_bytes`` for an equal-memory comparison; unchanged when no
-    target is given or the policy is the unbounded ``full`` reference."""
-    if cache_bytes is None or config.name == "full":
+    target is given or the policy is unbounded (the reference, e.g. ``full``)."""
+    if cache_bytes is None or not config.bounded:
         return config
     return size_to_bytes(config, model, cache_bytes)

@@ -116,6 +116,11 @@ class ADMSConfig(PolicyConfig):
     log_every: int = 0
 
     name: ClassVar[str] = "adms"
+    size_fields: ClassVar[tuple[str, ...]] = ("start_size", "recent_size", "compressed_budget", "compressor_type",
+                                              "importance_ratio", "rank")
+    label_fields: ClassVar[dict[str, str]] = {"start_size": "sink", "recent_size": "recent", "compressed_budget": "mid",
+                                              "compressor_type": "", "importance_ratio": "ratio",
+                                              "importance_metric": ""}
 
     def validate(self) -> None:
         check_int("start_size", self.start_size, 0)

@@ -36,6 +36,7 @@ from typing import Any
 from ..checks import check_int
 from ..evaluation.jobs import Job, RunSettings, StreamSource
 from ..evaluation.runs import RunSpec
+from ..policies import is_bounded
 
 BUILTIN_GRID_PREFIX = "builtin:"
 SETTING_KEYS = {f.name for f in dataclasses.fields(RunSettings)}
@@ -206,10 +207,11 @@ def jobs_for(scenario: Scenario, profile: Profile) -> list[Job]:
     labels = (("scenario", scenario.name), ("profile", profile.name))
     jobs = []
     for spec in map(with_overrides, profile.specs):
-        # the reference and the unbounded full cache are not sized: leaving the reference out of
+        # the reference and unbounded policies (the full cache) are not sized: leaving the reference out of
         # their definition lets profiles that share them share the run
-        sized = reference is not None and spec != reference and spec.policy != "full"
-        fixed = profile.cache_bytes if spec.policy != "full" else None
+        bounded = is_bounded(spec.policy)
+        sized = reference is not None and spec != reference and bounded
+        fixed = profile.cache_bytes if bounded else None
         jobs.append(Job(scenario.source, spec, scenario.settings, cache_bytes=fixed,
                         equal_memory_to=reference if sized else None, labels=labels))
     return jobs
