@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import check_int
-from .cli_args import add_run_arguments
+from .cli_args import add_executor_arguments, add_run_arguments, apply_set, executor_from_args
 from .data import DEFAULT_TEXT, list_builtin_texts, load_text
 from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_reuse
 from .evaluation.runs import SUMMARY_COLUMNS, RunSpec
@@ -25,29 +25,6 @@ from .tasks.benchmark_cli import add_benchmark_parser
 from .tasks.cli import add_tasks_parser
 
 log = logging.getLogger("streaming_llm")
-
-
-def _parse_set(items: list[str], specs: list[RunSpec]) -> list[RunSpec]:
-    """Apply ``--set KEY=VALUE`` (every policy that has KEY) and ``--set POLICY.KEY=VALUE``."""
-    names = {s.policy for s in specs}
-    per_policy: dict[str, dict[str, str]] = {name: {} for name in names}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE or POLICY.KEY=VALUE; got {item!r}")
-        target, dot, field = key.partition(".")
-        if dot:
-            if target not in names:
-                raise ValueError(f"--set {item!r}: policy {target!r} is not among --policy ({', '.join(sorted(names))})")
-            per_policy[target][field] = value
-            continue
-        takers = [n for n in names if key in get_policy_config_class(n).parameter_names()]
-        if not takers:
-            allowed = sorted({p for n in names for p in get_policy_config_class(n).parameter_names()})
-            raise ValueError(f"--set {item!r}: no selected policy has parameter {key!r}; allowed: {', '.join(allowed)}")
-        for name in takers:
-            per_policy[name][key] = value
-    return [spec.with_params(per_policy[spec.policy]) for spec in specs]
 
 
 def _summary_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +50,7 @@ def _write_reports(output_dir: Path, records: list[dict[str, Any]], command: str
 
 
 def _eval_jobs(args: argparse.Namespace) -> list[Job]:
-    specs = _parse_set(args.set or [], [RunSpec.parse(p) for p in args.policy])
+    specs = apply_set(args.set or [], [RunSpec.parse(p) for p in args.policy])
     check_int("--num-tokens", args.num_tokens, 2)
     check_int("--chunk-size", args.chunk_size, 1)
     source = StreamSource(model=args.model, text=None if args.dataset else (args.text or DEFAULT_TEXT),
@@ -117,13 +94,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for item in args.scenarios or []:
         for part in split_scenario_lines(item):
             (lines if "=" in part else named).append(part)
-    executor = None
-    if args.ray:
-        from .sweep.ray_executor import RayExecutor
-
-        executor = RayExecutor(address=args.address, num_cpus=args.ray_cpus)
-    elif args.address:
-        raise ValueError("--address needs --ray")
+    executor = executor_from_args(args, None)
     outcome = run_sweep(grid, args.output_root, scenarios=named or None, profiles=args.profiles or None,
                         extra_scenarios=[grid.scenario_from_line(line) for line in lines], force=args.force,
                         executor=executor, progress=not args.quiet)
@@ -176,9 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "them (default: the grid's default scenarios)")
     sw.add_argument("--profiles", nargs="+", metavar="NAME", help="profiles of the grid (default: the grid's)")
     sw.add_argument("--force", action="store_true", help="rerun runs whose records or summary.json exist")
-    sw.add_argument("--ray", action="store_true", help="run each run as a Ray task (pip install 'streaming_llm[ray]')")
-    sw.add_argument("--address", default=None, help="with --ray: an existing cluster (e.g. auto, ray://host:10001)")
-    sw.add_argument("--ray-cpus", type=int, default=None, help="with --ray and no --address: CPUs of the local Ray")
+    add_executor_arguments(sw, "run")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     sw.set_defaults(func=cmd_sweep)
 

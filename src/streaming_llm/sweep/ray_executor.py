@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..evaluation.jobs import Job, Workspace, execute_job
-from .runner import OnFailure, OnRecord, describe_error
+from ..evaluation.jobs import Workspace
+from ..runs.executors import OnFailure, OnRecord, Unit, describe_error
 
 log = logging.getLogger("streaming_llm")
 
@@ -24,11 +24,11 @@ log = logging.getLogger("streaming_llm")
 _worker_workspace: Workspace | None = None
 
 
-def _run_in_worker(job: Job) -> dict[str, Any]:
+def _run_in_worker(job: Unit) -> dict[str, Any]:
     global _worker_workspace
     if _worker_workspace is None:
         _worker_workspace = Workspace()
-    return execute_job(job, _worker_workspace, progress=False)
+    return job.execute(_worker_workspace, progress=False)
 
 
 def _import_ray():
@@ -45,7 +45,7 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.gpus_per_task = (1.0 if torch.cuda.is_available() else 0.0) if gpus_per_task is None else gpus_per_task
 
-    def run(self, jobs: list[Job], on_record: OnRecord, on_failure: OnFailure, progress: bool) -> None:
+    def run(self, jobs: list[Unit], on_record: OnRecord, on_failure: OnFailure, progress: bool) -> None:
         ray = _import_ray()
         started_here = not ray.is_initialized()
         if started_here:
