@@ -128,10 +128,10 @@ def answer_plan(args: argparse.Namespace) -> list[tuple[str, RunSpec, int | None
     profiles = grid.select_profiles(args.profiles)
     plan = []
     for profile in profiles:
-        reference = None
-        if profile.equal_memory_to is not None:
-            reference = apply_set(args.set or [], [profile.equal_memory_to])[0]
-        for spec in apply_set(args.set or [], list(profile.specs)):
+        specs = apply_set(args.set or [], list(profile.specs))
+        # the reference is one of the profile's policies: it gets the same --set values
+        reference = None if profile.equal_memory_to is None else specs[profile.specs.index(profile.equal_memory_to)]
+        for spec in specs:
             cache_bytes, matched = profile.memory_of(spec, reference)
             label = spec.text() if len(profiles) == 1 else f"{profile.name}/{spec.text()}"
             plan.append((label, spec, cache_bytes if args.cache_bytes is None else args.cache_bytes, matched))

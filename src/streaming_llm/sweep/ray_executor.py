@@ -4,12 +4,15 @@
 ``address="auto"`` joins an existing cluster. A task asks for one GPU when the driver sees CUDA
 (so tasks spread over the cluster's GPUs) and one CPU otherwise. The driver writes each record
 as its task finishes, exactly as the local executor does, so resuming works the same way.
-Workers run the same :func:`execute_job` as the local path: the records match it.
+Workers run the same ``unit.execute`` as the local path (eval jobs, task cells, benchmark
+examples: :mod:`streaming_llm.runs.executors`), so the records match it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,8 +54,15 @@ class RayExecutor:
         if started_here:
             options: dict[str, Any] = {"address": self.address, "include_dashboard": False,
                                        "log_to_driver": progress, "logging_level": logging.WARNING}
-            if self.address is None and self.num_cpus is not None:
-                options["num_cpus"] = self.num_cpus
+            if self.address is None:
+                # Local workers import the driver's copy of the package (a source tree on
+                # PYTHONPATH, a worktree), not whichever one the environment installs: the units
+                # they unpickle are defined there.
+                package_root = str(Path(__file__).resolve().parents[2])
+                path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+                options["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
+                if self.num_cpus is not None:
+                    options["num_cpus"] = self.num_cpus
             ray.init(**options)
         try:
             remote = ray.remote(num_cpus=1, num_gpus=self.gpus_per_task)(_run_in_worker)
