@@ -50,3 +50,24 @@ def test_cli_equal_memory_mode(tiny_model_dir, tmp_path, capsys):
     for name in ("streaming", "tova", "h2o"):
         assert 25000 < records[name]["cache_bytes_max"] <= 30000
         assert records[name]["cache_bytes_target"] == 30000
+
+
+def test_cache_bytes_from_a_reference_policy_follow_the_dtype(tiny_model_dir, capsys):
+    """``--cache-bytes POLICY``: every bounded policy holds the bytes the reference holds on this
+    model in this dtype, so a bfloat16 run stays at equal memory without recomputing sizes."""
+    targets = {}
+    for dtype in ("float32", "bfloat16"):
+        code = main(["eval", "--model", str(tiny_model_dir), "--num-tokens", "60", "--quiet", "--json", "--dtype", dtype,
+                     "--cache-bytes", "streaming:start_size=2,recent_size=20",
+                     "--policy", "full", "streaming:start_size=2,recent_size=20", "sliding_window"])
+        assert code == 0
+        records = {r["policy"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+        assert records["sliding_window"]["params"]["window_size"] == 22  # slots cost the same in both
+        assert "cache_bytes_target" not in records["streaming"] and "cache_bytes_target" not in records["full"]
+        targets[dtype] = records["sliding_window"]["cache_bytes_target"]
+    assert targets["float32"] > targets["bfloat16"] > targets["float32"] // 2  # K/V halve, positions do not
+
+
+def test_cache_bytes_must_name_a_bounded_policy(tiny_model_dir, capsys):
+    assert main(["eval", "--model", str(tiny_model_dir), "--cache-bytes", "full", "--policy", "streaming"]) == 2
+    assert "policy 'full' is unbounded" in capsys.readouterr().err

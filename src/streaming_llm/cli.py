@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from .checks import check_int
-from .cli_args import add_executor_arguments, add_run_arguments, apply_set, executor_from_args
+from .cli_args import (add_executor_arguments, add_run_arguments, apply_set, executor_from_args, memory_for,
+                       memory_target)
 from .data import DEFAULT_TEXT, list_builtin_texts, load_text
 from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_reuse
 from .evaluation.runs import SUMMARY_COLUMNS, RunSpec
-from .policies import get_policy_config_class, is_bounded, list_policies
+from .policies import get_policy_config_class, list_policies
 from .report import console_table, csv_text, markdown_table, write_atomic, write_json
 from .report.comparison import shown_params
 from .report.plots import markdown_images, write_standard_plots
@@ -61,8 +62,12 @@ def _eval_jobs(args: argparse.Namespace) -> list[Job]:
     if args.dataset is None:
         load_text(source.text)  # a missing file fails now, before the model loads
     # Job validates every policy before anything is loaded
-    return [Job(source, spec, settings, cache_bytes=args.cache_bytes if is_bounded(spec.policy) else None)
-            for spec in specs]
+    target = memory_target(args.cache_bytes)
+    jobs = []
+    for spec in specs:
+        cache_bytes, reference = memory_for(spec, target)
+        jobs.append(Job(source, spec, settings, cache_bytes=cache_bytes, equal_memory_to=reference))
+    return jobs
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -22,10 +22,34 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The model, how it runs, and the equal-memory target: ``eval``, ``tasks``, ``benchmark``."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"built-in name, .gguf file, local dir or HF id (default {DEFAULT_MODEL})")
-    parser.add_argument("--cache-bytes", type=int, default=None,
-                        help="equal-memory mode: size every bounded policy to this many cache bytes (unbounded ones, e.g. full, stay so)")
+    parser.add_argument("--cache-bytes", default=None, metavar="N|POLICY[:K=V,...]",
+                        help="equal-memory mode: size every bounded policy to N cache bytes, or to the bytes a "
+                             "reference policy holds on this model and dtype (e.g. streaming:start_size=4,recent_size=252); "
+                             "unbounded policies (full) stay so")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def memory_target(text: str | None) -> int | RunSpec | None:
+    """``--cache-bytes``: a number of bytes, or a bounded reference policy whose bytes to match."""
+    if text is None or isinstance(text, int):
+        return text
+    if text.strip().lstrip("-").isdigit():
+        return int(text)
+    spec = RunSpec.parse(text)
+    if not spec.bounded:
+        raise ValueError(f"--cache-bytes {text!r}: policy {spec.policy!r} is unbounded: it has no memory to match")
+    return spec
+
+
+def memory_for(spec: RunSpec, target: int | RunSpec | None) -> tuple[int | None, RunSpec | None]:
+    """(cache_bytes, equal_memory_to) of ``spec`` under ``--cache-bytes``: unbounded policies and
+    the reference itself are not sized."""
+    if target is None or not spec.bounded:
+        return None, None
+    if isinstance(target, RunSpec):
+        return None, (None if spec == target else target)
+    return target, None
 
 
 def run_words(args: argparse.Namespace) -> list[str]:
@@ -120,7 +144,8 @@ def answer_plan(args: argparse.Namespace) -> list[tuple[str, RunSpec, int | None
             raise ValueError("--profiles needs --grid")
         specs = apply_set(args.set or [], [RunSpec.parse(text) for text in args.policies])
         labels = [text if RunSpec.parse(text) == spec else spec.text() for text, spec in zip(args.policies, specs)]
-        return [(label, spec, args.cache_bytes if spec.bounded else None, None) for label, spec in zip(labels, specs)]
+        target = memory_target(args.cache_bytes)
+        return [(label, spec, *memory_for(spec, target)) for label, spec in zip(labels, specs)]
     from .sweep import load_grid
 
     grid = load_grid(args.grid)
@@ -132,9 +157,11 @@ def answer_plan(args: argparse.Namespace) -> list[tuple[str, RunSpec, int | None
         # the reference is one of the profile's policies: it gets the same --set values
         reference = None if profile.equal_memory_to is None else specs[profile.specs.index(profile.equal_memory_to)]
         for spec in specs:
-            cache_bytes, matched = profile.memory_of(spec, reference)
+            memory = profile.memory_of(spec, reference)
+            if args.cache_bytes is not None:  # the command line's target wins over the profile's
+                memory = memory_for(spec, memory_target(args.cache_bytes))
             label = spec.text() if len(profiles) == 1 else f"{profile.name}/{spec.text()}"
-            plan.append((label, spec, cache_bytes if args.cache_bytes is None else args.cache_bytes, matched))
+            plan.append((label, spec, *memory))
     return plan
 
 
