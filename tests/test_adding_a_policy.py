@@ -16,6 +16,7 @@ from conftest import tiny_model
 from streaming_llm import list_policies, make_cache, make_policy_config
 from streaming_llm.checks import check_int
 from streaming_llm.cli import main
+from streaming_llm.compat import cache_kwargs
 from streaming_llm.policies import REGISTRY, PolicyConfig
 from streaming_llm.policies.sliding_window import KeepLast
 from streaming_llm.report.comparison import compare, shown_params
@@ -53,7 +54,7 @@ def test_a_registered_policy_runs_sizes_and_reports(registered, token_stream):
     model = tiny_model("llama")
     assert registered in list_policies()
     with make_cache(model, registered, n=6) as cache, torch.no_grad():
-        model(input_ids=token_stream[:, :30], past_key_values=cache, use_cache=True)
+        model(input_ids=token_stream[:, :30], **cache_kwargs(model, cache), use_cache=True)
         assert cache.cache_tokens() == [6] * model.config.num_hidden_layers and cache.max_slots() == 6
     geometry = KVGeometry.of(model)
     target = 10 * geometry.num_layers * geometry.bytes_per_slot(make_policy_config(registered))

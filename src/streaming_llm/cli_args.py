@@ -144,6 +144,8 @@ def answer_plan(args: argparse.Namespace) -> list[tuple[str, RunSpec, int | None
             raise ValueError("--profiles needs --grid")
         specs = apply_set(args.set or [], [RunSpec.parse(text) for text in args.policies])
         labels = [text if RunSpec.parse(text) == spec else spec.text() for text, spec in zip(args.policies, specs)]
+        for spec in specs:
+            spec.config()  # unknown policies and bad values fail here
         target = memory_target(args.cache_bytes)
         return [(label, spec, *memory_for(spec, target)) for label, spec in zip(labels, specs)]
     from .sweep import load_grid
