@@ -105,7 +105,6 @@ def test_exact_only_keeps_the_top_value_norm_tokens(token_stream):
     cache = enable_adms_llm(MODEL, start_size=sink, recent_size=recent, compressed_budget=budget, importance_ratio=1.0,
                             coverage_priority=0.0, compression_interval=1, enable_dynamic_sink=False)
     stream(ids, cache)
-    reference = torch.nn.Module()
     with torch.no_grad():
         full = returned_cache(MODEL(input_ids=ids, use_cache=True))
     values = full.layers[0].values[0]  # (H, T, D)
@@ -114,7 +113,6 @@ def test_exact_only_keeps_the_top_value_norm_tokens(token_stream):
     expected = (evicted_norms.topk(budget, dim=-1).indices + sink).sort(dim=-1).values
     kept = cache.layers[0].positions[:, sink:sink + budget]
     assert torch.equal(kept, expected)
-    del reference
 
 
 @pytest.mark.parametrize("metric,chunk", [("attention", 1), ("attention", 5), ("value_norm", 3)])

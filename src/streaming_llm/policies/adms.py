@@ -55,6 +55,7 @@ from ..compressors import (
 )
 from ..compressors.base import pad_to_common_size
 from ..selection import coverage_ranking
+from ..checks import check_fraction
 from .base import POSITION_BYTES, LayerPolicy, PolicyConfig, SlotRewrite, SlotView, check_int
 from .scored import per_kv_head
 from .streaming import dynamic_sink_size
@@ -68,11 +69,6 @@ _COUNT_BYTES = 4
 def _exact_row_bytes(num_kv_heads: int, head_dim: int, element_bytes: int) -> int:
     """Bytes of one exact slot of one layer: K and V rows, a position and a score per KV head."""
     return num_kv_heads * (2 * head_dim * element_bytes + POSITION_BYTES + _SCORE_BYTES)
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
 
 
 @dataclass
@@ -120,6 +116,11 @@ class ADMSConfig(PolicyConfig):
     log_every: int = 0
 
     name: ClassVar[str] = "adms"
+    size_fields: ClassVar[tuple[str, ...]] = ("start_size", "recent_size", "compressed_budget", "compressor_type",
+                                              "importance_ratio", "rank")
+    label_fields: ClassVar[dict[str, str]] = {"start_size": "sink", "recent_size": "recent", "compressed_budget": "mid",
+                                              "compressor_type": "", "importance_ratio": "ratio",
+                                              "importance_metric": ""}
 
     def validate(self) -> None:
         check_int("start_size", self.start_size, 0)
@@ -130,8 +131,8 @@ class ADMSConfig(PolicyConfig):
             check_int(name, getattr(self, name), 1)
         check_int("min_importance_tokens", self.min_importance_tokens, 0)
         check_int("log_every", self.log_every, 0)
-        _check_fraction("importance_ratio", self.importance_ratio)
-        _check_fraction("coverage_priority", self.coverage_priority)
+        check_fraction("importance_ratio", self.importance_ratio)
+        check_fraction("coverage_priority", self.coverage_priority)
 
     # -- derived budgets --------------------------------------------------------------------
     @property
