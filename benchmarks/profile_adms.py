@@ -34,6 +34,7 @@ import torch
 from streaming_llm import make_cache
 from streaming_llm import attention as attention_module
 from streaming_llm.cache import BoundedLayer
+from streaming_llm.compat import cache_kwargs
 from streaming_llm.data import tokenize_stream
 from streaming_llm.models import load_model
 from streaming_llm.policies import make_policy_config
@@ -110,7 +111,7 @@ def profile(model, ids: torch.Tensor, params: dict, chunk_size: int, cache_bytes
     with cache, timed_stages(timer):
         start = time.perf_counter()
         for t in range(0, ids.shape[1], chunk_size):
-            model(input_ids=ids[:, t:t + chunk_size], past_key_values=cache, use_cache=True)
+            model(input_ids=ids[:, t:t + chunk_size], **cache_kwargs(model, cache), use_cache=True)
             steps += 1
         timer._sync()
         total = time.perf_counter() - start

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUTPUT_DIR:-outputs/test_cache_size}
 PYTHONPATH=src .venv/bin/python examples/eval_adms_vs_streaming.py \
     --num_eval_tokens 4096 --start_size 4 --recent_size 256 --compressed_budget 512 --no-enable_dynamic_sink \
-    --log_every 2048 --chunk_size 32 --output_dir "$OUT" --force --quiet "$@" > "$OUT.log"
+    --log_every 2048 --chunk_size 32 --output_dir "$OUT" --force --quiet "$@" > "$OUT.log" 2>&1
 grep -F "[ADMS Cache @" "$OUT/readable.txt"
 PYTHONPATH=src .venv/bin/python - "$OUT/readable.txt" <<'PY'
 import re, sys

@@ -14,6 +14,7 @@ from conftest import TINY, tiny_model
 from test_adms import adms_params
 from streaming_llm import enable_adms_llm, make_cache
 from streaming_llm.adms_cache import ADMSConfig
+from streaming_llm.compat import cache_kwargs
 from streaming_llm.compressors import PointSet, low_rank_approximation
 from streaming_llm.policies.adms import (
     ADMSLayer, ADMSMonitor, BudgetController, calibrate_anchors, calibration_error, member_logits,
@@ -229,7 +230,7 @@ def test_resident_bytes_never_exceed_the_budget(params, chunk, seed):
     bound = config.layer_bytes(geometry.num_kv_heads, geometry.head_dim, geometry.element_bytes)
     with torch.no_grad(), cache:
         for start in range(0, ids.shape[1], chunk):
-            logits = MODEL(input_ids=ids[:, start:start + chunk], past_key_values=cache, use_cache=True).logits
+            logits = MODEL(input_ids=ids[:, start:start + chunk], **cache_kwargs(MODEL, cache), use_cache=True).logits
             assert torch.isfinite(logits).all()
             for layer in cache.layers:
                 held = 2 * layer.keys.numel() * layer.keys.element_size()
@@ -261,7 +262,7 @@ def test_seed_quick_start_runs_and_logs_every_stats_line(token_stream, caplog):
                             log_every=50, **params)
     with caplog.at_level(logging.INFO, logger="streaming_llm.adms"), cache, torch.no_grad():
         for start in range(0, 150, 3):
-            MODEL(input_ids=token_stream[:, start:start + 3], past_key_values=cache, use_cache=True)
+            MODEL(input_ids=token_stream[:, start:start + 3], **cache_kwargs(MODEL, cache), use_cache=True)
     lines = [r.getMessage() for r in caplog.records]
     for prefix in ("[ADMS Stats @ 150]", "[ADMS Dual-Fidelity @ 150] Sketches: ", "[ADMS Replay @ 150] Triggers: ",
                    "[ADMS Calibration @ 150] Total calibrations: ", "[ADMS Controller @ 150] Budget adjustments: ",
