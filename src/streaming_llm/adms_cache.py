@@ -43,6 +43,12 @@ class ADMSKVCache(BoundedCache):
     def from_model(cls, model: torch.nn.Module, config: ADMSConfig) -> "ADMSKVCache":
         return cls(config, model)
 
+    @property
+    def stats(self) -> dict[str, float]:
+        """Seed 001's ``cache.stats``: the ADMS counters summed over layers (``policy_stats``) and
+        the cache's current size in slots (largest layer) and resident bytes."""
+        return {**self.policy_stats(), "cache_tokens": max(self.cache_tokens()), "cache_bytes": self.cache_bytes()}
+
     def _adms_layers(self) -> list[int]:
         """Indices of the layers ADMS governs (a hybrid model's sliding layers keep their own window)."""
         return [i for i, layer in enumerate(self.layers) if hasattr(layer.policy, "compressor")]

@@ -71,8 +71,7 @@ class Session:
             raise UnsupportedModelError(
                 f"policy {cache.policy_name!r} needs attention scores through transformers' AttentionInterface, "
                 f"which {self.layout.family.name} attention does not use; policies that run on it: those without "
-                "attention scores or logit biases (full, sliding_window, streaming, adms with "
-                "compressor_type=low_rank and importance_metric=value_norm)"
+                "attention scores or logit biases (streaming_llm.policies.policies_on_model_attention() lists them)"
             )
         self._previous_attention = attention.install(self.model)
 

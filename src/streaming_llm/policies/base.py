@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Literal
 
 from ..protocol import POSITION_BYTES, KeepLast, LayerPolicy, SlotRewrite, SlotView
 
+from ..checks import check_int  # re-exported: policies import it from here
+
 __all__ = ["POSITION_BYTES", "KeepLast", "LayerPolicy", "PolicyConfig", "SlotRewrite", "SlotView", "check_int"]
 
 
@@ -66,12 +68,6 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
     return value
 
 
-def check_int(name: str, value: int, minimum: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is an int (not a bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-
-
 @dataclass
 class PolicyConfig:
     """Base of every policy config.
@@ -85,6 +81,15 @@ class PolicyConfig:
     enable_pos_shift: bool = True
 
     name: ClassVar[str] = ""
+
+    # What the orchestration (sizing, reports, the CLI, grids) asks a policy instead of naming it:
+    #: Whether the cache stays within a budget. Unbounded policies (the full cache) are never
+    #: sized to a byte target; reports take them as the reference the bounded ones close the gap to.
+    bounded: ClassVar[bool] = True
+    #: Fields that set the policy's memory: tables always show them.
+    size_fields: ClassVar[tuple[str, ...]] = ()
+    #: Fields that tell runs apart in a legend, in order, with their short names ("" = value alone).
+    label_fields: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -128,6 +133,21 @@ class PolicyConfig:
         """(name, type, default) of every parameter, for ``list_policies`` and the CLI help."""
         types_ = cls._field_types()
         return [(f.name, _type_name(types_[f.name]), f.default) for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def table_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters a table row shows: the sizing and legend ones, and every one that differs
+        from the default, so two runs that differ never read alike (all are in the records)."""
+        defaults = cls().to_dict()
+        always = {*cls.size_fields, *cls.label_fields}
+        return {k: v for k, v in params.items() if k in always or (k in defaults and defaults[k] != v)}
+
+    @classmethod
+    def legend(cls, params: dict[str, Any]) -> str:
+        """Short label of a run with ``params``: the name and the :attr:`label_fields`."""
+        detail = ",".join(f"{short}={params[k]}" if short else str(params[k])
+                          for k, short in cls.label_fields.items() if k in params)
+        return f"{cls.name} {detail}".strip()
 
     def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
         raise NotImplementedError

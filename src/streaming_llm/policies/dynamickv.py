@@ -134,6 +134,8 @@ class DynamicKVConfig(WindowVoteConfig):
     ratio_max: float = 5.0
 
     name: ClassVar[str] = "dynamickv"
+    size_fields: ClassVar[tuple[str, ...]] = ("cache_size", "window_size")
+    label_fields: ClassVar[dict[str, str]] = {"window_size": "window", "cache_size": "cache"}
 
     def validate(self) -> None:
         self.validate_window("cache_size")

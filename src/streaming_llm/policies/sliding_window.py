@@ -24,6 +24,8 @@ class SlidingWindowConfig(PolicyConfig):
     window_size: int = 2000
 
     name: ClassVar[str] = "sliding_window"
+    size_fields: ClassVar[tuple[str, ...]] = ("window_size",)
+    label_fields: ClassVar[dict[str, str]] = {"window_size": "window"}
 
     def validate(self) -> None:
         check_int("window_size", self.window_size, 1)
