@@ -45,9 +45,11 @@ class ADMSKVCache(BoundedCache):
 
     @property
     def stats(self) -> dict[str, float]:
-        """Seed 001's ``cache.stats``: the ADMS counters summed over layers (``policy_stats``) and
-        the cache's current size in slots (largest layer) and resident bytes."""
-        return {**self.policy_stats(), "cache_tokens": max(self.cache_tokens()), "cache_bytes": self.cache_bytes()}
+        """Seed 001's ``cache.stats``: every cache's (:attr:`BoundedCache.stats`: the ADMS counters
+        summed over layers, tokens seen, slots and bytes now and their high-water marks) plus the
+        current size under the names ADMS's log uses, ``cache_tokens`` (largest layer) and ``cache_bytes``."""
+        stats = super().stats
+        return {**stats, "cache_tokens": stats["slots"], "cache_bytes": stats["bytes"]}
 
     def _adms_layers(self) -> list[int]:
         """Indices of the layers ADMS governs (a hybrid model's sliding layers keep their own window)."""
