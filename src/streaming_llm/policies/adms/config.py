@@ -5,14 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
+from ...checks import check_fraction
 from ..base import LayerPolicy, PolicyConfig, check_int
 from ..streaming import dynamic_sink_size
 from . import memory_model
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -100,6 +96,11 @@ class ADMSConfig(PolicyConfig):
     controller_group_size: int = 2
 
     name: ClassVar[str] = "adms"
+    size_fields: ClassVar[tuple[str, ...]] = ("start_size", "recent_size", "compressed_budget", "compressor_type",
+                                              "importance_ratio", "rank")
+    label_fields: ClassVar[dict[str, str]] = {"start_size": "sink", "recent_size": "recent", "compressed_budget": "mid",
+                                              "compressor_type": "", "importance_ratio": "ratio",
+                                              "importance_metric": ""}
 
     def validate(self) -> None:
         check_int("start_size", self.start_size, 0)
@@ -113,7 +114,7 @@ class ADMSConfig(PolicyConfig):
             check_int(name, getattr(self, name), 0)
         for name in ("importance_ratio", "coverage_priority", "energy_replay_threshold", "controller_gain",
                      "controller_energy_floor", "controller_energy_ceiling"):
-            _check_fraction(name, getattr(self, name))
+            check_fraction(name, getattr(self, name))
         _check_positive("calibration_regularization", self.calibration_regularization)
         if self.controller_energy_floor > self.controller_energy_ceiling:
             raise ValueError(
