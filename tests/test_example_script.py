@@ -65,7 +65,7 @@ def test_bad_flags_are_refused(script, capsys, flags, message):
 def test_head_to_head_run_writes_summary_and_readable_stats(script, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "h2h"
     code = script.main(["--model_name_or_path", str(tiny_model_dir), "--dataset_name", "builtin:dragons-blood",
-                        "--num_eval_tokens", "64", "--chunk_size", "4", "--start_size", "2", "--recent_size", "16",
+                        "--num_eval_tokens", "64", "--chunk_size", "4", "--start_size", "2", "--recent_size", "24",
                         "--compressed_budget", "8", "--rank", "2", "--compression_interval", "4",
                         "--no-enable_dynamic_sink", "--log_every", "32", "--equal_memory", "--with_full",
                         "--sketch_budget", "2", "--replay_budget", "1", "--calibration_window", "4",
