@@ -6,6 +6,7 @@ import torch
 
 from .architectures import ModelLayout, describe_model
 from .cache import BoundedCache, BoundedLayer
+from .memory import SUFFIX, attach_memory, is_memory_config, memory_params
 from .policies import PolicyConfig, make_policy_config
 from .policies.sliding_window import KeepLast
 from .positions import UnsupportedModelError
@@ -65,20 +66,27 @@ def cache_from_config(model: torch.nn.Module, config: PolicyConfig) -> BoundedCa
     :mod:`streaming_llm.attention`; ``cache.disable()`` gives the model its own back.
     """
     cache_class = config.cache_class()
-    if cache_class is not BoundedCache:
-        return cache_class(config, model)
     layout = describe_model(model)
-    cache = BoundedCache(build_layers(model, config, layout), policy_name=config.name, config=config)
+    if cache_class is not BoundedCache:
+        cache = cache_class(config, model)
+    else:
+        cache = BoundedCache(build_layers(model, config, layout), policy_name=config.name, config=config)
+    if is_memory_config(config):
+        attach_memory(cache, layout)
     attach_model_hooks(cache, model, layout)
     return cache
 
 
-def make_cache(model: torch.nn.Module, policy: str = "streaming", **params) -> BoundedCache:
+def make_cache(model: torch.nn.Module, policy: str = "streaming", memory: dict | None = None, **params) -> BoundedCache:
     """A fresh bounded cache for ``model``.
 
     ``policy`` is one of :func:`streaming_llm.list_policies`; ``params`` are that policy's
-    parameters (see its config dataclass). Bad names or values raise ``ValueError``.
+    parameters (see its config dataclass). ``memory``: parameters of the external memory tier
+    (:class:`streaming_llm.memory.MemoryConfig`, e.g. ``{"block_size": 64, "recall_blocks": 4}``),
+    which wraps the policy (``policy + "+memory"``). Bad names or values raise ``ValueError``.
     """
+    if memory is not None:
+        policy, params = policy + SUFFIX, {**params, **memory_params(memory)}
     return cache_from_config(model, make_policy_config(policy, **params))
 
 

@@ -35,6 +35,9 @@ class BoundedLayer(CacheLayerMixin):
     """One decoder layer's bounded KV storage, delegating the choice of slots to a policy."""
 
     is_compileable = False
+    #: the external memory tier (:class:`streaming_llm.memory.LayerMemory`), attached by
+    #: ``streaming_llm.memory.attach_memory``; it receives the slots :meth:`_keep` drops
+    memory = None
 
     def __init__(self, policy: LayerPolicy, position_strategy: PositionStrategy | None = None,
                  layer_type: str = "full_attention", is_sliding: bool = False):
@@ -112,6 +115,8 @@ class BoundedLayer(CacheLayerMixin):
         self.is_initialized = False
         self.seen_tokens = 0
         self.positions = torch.empty(0, 0, dtype=torch.long)
+        if self.memory is not None:
+            self.memory.reset()
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("BoundedCache cannot be cropped: evicted tokens are gone")
@@ -127,6 +132,11 @@ class BoundedLayer(CacheLayerMixin):
     def attention_bias(self) -> torch.Tensor | None:
         """Logit bias ``(H_kv, n)`` for the slots the last update returned, or ``None``."""
         return self.returned_bias
+
+    def recall(self, query: torch.Tensor, active_slots: int):
+        """Recalled ``(keys, values)`` ``(1, H_kv, R, D)`` for this forward's ``query`` from the
+        memory tier, or ``None`` (no memory, nothing recallable)."""
+        return None if self.memory is None else self.memory.recall(self, query, active_slots)
 
     def after_attention(self, probs: torch.Tensor) -> None:
         """Called by the attention hook with this step's probabilities ``(B, H_q, q, n)``."""
@@ -146,7 +156,8 @@ class BoundedLayer(CacheLayerMixin):
         kv = self.policy.stored_bytes()
         if kv is None:
             kv = self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
-        return kv + self.positions.numel() * POSITION_BYTES + self.policy.state_bytes()
+        recall = 0 if self.memory is None else self.memory.active_bytes()  # recall slots are active too
+        return kv + self.positions.numel() * POSITION_BYTES + self.policy.state_bytes() + recall
 
     def keep(self, keep: torch.Tensor | None) -> None:
         """Keep slots ``keep`` (see :meth:`_keep`); for policies that trim outside an update."""
@@ -156,6 +167,8 @@ class BoundedLayer(CacheLayerMixin):
         """Keep slots ``keep``: ``(T',)`` in every head, ``(H_kv, T')`` per head, or new slots."""
         if keep is None:
             return
+        if self.memory is not None:
+            self.memory.offload(self, keep)  # evicted is not gone: the dropped slots go to the passive store
         if isinstance(keep, SlotRewrite):
             self.keys, self.values, self.positions = keep.keys, keep.values, keep.positions
             return
@@ -206,7 +219,8 @@ class BoundedCache(Cache):
     @property
     def needs_attention_hook(self) -> bool:
         """Whether some layer's policy needs the attention hook (scores or logit biases)."""
-        return any(layer.policy.needs_attention or layer.policy.needs_logit_bias for layer in self.layers)
+        return any(layer.policy.needs_attention or layer.policy.needs_logit_bias or layer.memory is not None
+                   for layer in self.layers)
 
     def attach_hook(self, model: torch.nn.Module) -> None:
         """Route ``model``'s attention through the hook (done by ``make_cache`` when needed)."""
@@ -274,9 +288,14 @@ class BoundedCache(Cache):
         """The policies' counters (e.g. keys read by sparse attention), summed over layers."""
         totals: dict[str, float] = {}
         for layer in self.layers:
-            for key, value in layer.policy.stats().items():
+            memory = {} if layer.memory is None else {f"memory_{k}": v for k, v in layer.memory.stats().items()}
+            for key, value in {**layer.policy.stats(), **memory}.items():
                 totals[key] = totals.get(key, 0) + value
         return totals
+
+    def passive_bytes(self) -> int:
+        """Bytes of the memory tier's passive stores (not in :meth:`cache_bytes`; 0 without memory)."""
+        return sum(layer.memory.passive_bytes() for layer in self.layers if layer.memory is not None)
 
     def max_slots(self) -> int | None:
         """Per-layer slot budget after any update (``None`` = unbounded)."""
