@@ -28,6 +28,7 @@ from transformers import DynamicCache
 
 from streaming_llm import cache_from_config, make_cache, make_policy_config
 from streaming_llm.attention import attention_hook
+from streaming_llm.compat import cache_kwargs
 from streaming_llm.data import tokenize_stream
 from streaming_llm.models import load_model
 from streaming_llm.report import console_table
@@ -45,12 +46,13 @@ def stream_tok_per_s(model, cache, ids: torch.Tensor, warmup: int, chunk_size: i
     device = ids.device
     starts = range(0, ids.shape[1], chunk_size)
     timed_from = -(-warmup // chunk_size) * chunk_size
+    cache_arg = cache_kwargs(model, cache)
     for t in (s for s in starts if s < timed_from):
-        model(input_ids=ids[:, t : t + chunk_size], past_key_values=cache, use_cache=True)
+        model(input_ids=ids[:, t : t + chunk_size], **cache_arg, use_cache=True)
     _synchronize(device)
     start = time.perf_counter()
     for t in (s for s in starts if s >= timed_from):
-        model(input_ids=ids[:, t : t + chunk_size], past_key_values=cache, use_cache=True)
+        model(input_ids=ids[:, t : t + chunk_size], **cache_arg, use_cache=True)
     _synchronize(device)
     return max(ids.shape[1] - timed_from, 0) / (time.perf_counter() - start)
 

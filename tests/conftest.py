@@ -18,6 +18,7 @@ from transformers import (
 )
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from streaming_llm.compat import cache_kwargs
 
 TINY = dict(
     vocab_size=256,
@@ -131,7 +132,7 @@ class NaiveStreamingReference(Cache):
     def step(self, model, input_ids: torch.Tensor) -> torch.Tensor:
         m, q = self.stored(), input_ids.shape[1]
         positions = torch.arange(m, m + q)[None]
-        return model(input_ids=input_ids, past_key_values=self, position_ids=positions, use_cache=True).logits[0]
+        return model(input_ids=input_ids, **cache_kwargs(model, self), position_ids=positions, use_cache=True).logits[0]
 
 
 def smollm2_available() -> bool:

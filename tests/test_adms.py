@@ -19,6 +19,7 @@ from streaming_llm.compressors.base import weighted_means
 from streaming_llm.policies.adms import anchor_positions
 from streaming_llm.selection import coverage_ranking
 from streaming_llm.sizing import KVGeometry, size_to_bytes
+from streaming_llm.compat import cache_kwargs, returned_cache
 
 MODEL = tiny_model("llama")
 HEAD_DIM = TINY["hidden_size"] // TINY["num_attention_heads"]
@@ -27,7 +28,7 @@ HEAD_DIM = TINY["hidden_size"] // TINY["num_attention_heads"]
 def stream(ids: torch.Tensor, cache, chunk: int = 1, after_update=None):
     with torch.no_grad():
         for start in range(0, ids.shape[1], chunk):
-            logits = MODEL(input_ids=ids[:, start:start + chunk], past_key_values=cache, use_cache=True).logits
+            logits = MODEL(input_ids=ids[:, start:start + chunk], **cache_kwargs(MODEL, cache), use_cache=True).logits
             if after_update is not None:
                 after_update(cache, logits)
 
@@ -106,7 +107,7 @@ def test_exact_only_keeps_the_top_value_norm_tokens(token_stream):
     stream(ids, cache)
     reference = torch.nn.Module()
     with torch.no_grad():
-        full = MODEL(input_ids=ids, use_cache=True).past_key_values
+        full = returned_cache(MODEL(input_ids=ids, use_cache=True))
     values = full.layers[0].values[0]  # (H, T, D)
     seen = ids.shape[1]
     evicted_norms = values[:, sink:seen - recent].norm(dim=-1)

@@ -37,6 +37,7 @@ from conftest import tiny_model
 from streaming_llm import UnsupportedModelError, cache_from_config, make_cache, make_policy_config
 from streaming_llm.attention import attention_hook
 from streaming_llm.sizing import KVGeometry, size_to_bytes
+from streaming_llm.compat import cache_kwargs
 
 TOL = 1e-4
 SINK, RECENT = 4, 16
@@ -121,7 +122,7 @@ def test_full_reproduces_plain_logits(name, chunk, stream):
     cache = make_cache(model, "full")
     with torch.no_grad():
         expected = model(input_ids=ids).logits[0]
-        got = torch.cat([model(input_ids=ids[:, s : s + chunk], past_key_values=cache, use_cache=True).logits[0]
+        got = torch.cat([model(input_ids=ids[:, s : s + chunk], **cache_kwargs(model, cache), use_cache=True).logits[0]
                          for s in range(0, ids.shape[1], chunk)])
     assert (got - expected).abs().max().item() < TOL
 
@@ -139,7 +140,7 @@ def test_streaming_one_layer_equals_fresh_forward(name, stream):
     ids, worst = stream[0, :120], 0.0
     with torch.no_grad():
         for t in range(ids.shape[0]):
-            got = model(input_ids=ids[None, t : t + 1], past_key_values=cache, use_cache=True).logits[0, -1]
+            got = model(input_ids=ids[None, t : t + 1], **cache_kwargs(model, cache), use_cache=True).logits[0, -1]
             kept = _kept(t)
             extra = {}
             if kind == "learned":
@@ -172,6 +173,16 @@ class _NaiveLayer(DynamicLayer):
             keep = list(range(self.sink)) + list(range(total - self.recent, total))
             self.keys, self.values = self.keys[..., keep, :], self.values[..., keep, :]
         return keys_out, values_out
+
+    def get_seq_length(self) -> int:
+        # Every layer reports the policy layers' count, as BoundedLayer reports tokens seen: transformers
+        # places the queries there (5.24: per layer; before 5.4: at layer 0's count via cache_position).
+        return self.owner.query_start
+
+    def get_mask_sizes(self, query_length):
+        q = query_length.shape[0] if isinstance(query_length, torch.Tensor) else query_length  # < 5.4: cache_position
+        stored = self.keys.shape[-2] if self.is_initialized else 0
+        return stored + q, self.owner.query_start - stored  # slots end right before the queries
 
 
 class NaiveReference(Cache):
@@ -207,7 +218,7 @@ class NaiveReference(Cache):
         self.query_start = layer.keys.shape[-2] if layer.is_initialized else 0
         q = input_ids.shape[1]
         extra = {} if self.kind == "alibi" else {"position_ids": torch.arange(self.query_start, self.query_start + q)[None]}
-        return model(input_ids=input_ids, past_key_values=self, use_cache=True, **extra).logits[0]
+        return model(input_ids=input_ids, **cache_kwargs(model, self), use_cache=True, **extra).logits[0]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -219,7 +230,7 @@ def test_streaming_matches_naive_reference(name, chunk, stream):
     ids, worst = stream[:, :150], 0.0
     with torch.no_grad():
         for s in range(0, ids.shape[1], chunk):
-            got = model(input_ids=ids[:, s : s + chunk], past_key_values=ours, use_cache=True).logits[0]
+            got = model(input_ids=ids[:, s : s + chunk], **cache_kwargs(model, ours), use_cache=True).logits[0]
             worst = max(worst, (got - naive.step(model, ids[:, s : s + chunk])).abs().max().item())
     assert worst < TOL
 
@@ -233,13 +244,13 @@ def test_generate_far_past_the_window(name, stream):
     manual loop."""
     model, prompt, new = build(name), stream[:, :30], 100
     with make_cache(model, "streaming", start_size=SINK, recent_size=RECENT) as cache:
-        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), past_key_values=cache,
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), **cache_kwargs(model, cache),
                              max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
         assert max(cache.cache_tokens()) <= SINK + RECENT
     manual, step = [], prompt
     with make_cache(model, "streaming", start_size=SINK, recent_size=RECENT) as cache, torch.no_grad():
         for _ in range(new):
-            step = model(input_ids=step, past_key_values=cache, use_cache=True).logits[0, -1].argmax().view(1, 1)
+            step = model(input_ids=step, **cache_kwargs(model, cache), use_cache=True).logits[0, -1].argmax().view(1, 1)
             manual.append(step.item())
     assert out[0, prompt.shape[1] :].tolist() == manual
 
@@ -252,7 +263,7 @@ def test_adms_stays_within_budget(name, stream):
     with make_cache(model, "adms", start_size=4, recent_size=16, compressed_budget=8, compression_interval=4,
                     enable_dynamic_sink=False) as cache, torch.no_grad():
         for s, chunk in steps:
-            logits = model(input_ids=stream[:, s : s + chunk], past_key_values=cache, use_cache=True).logits
+            logits = model(input_ids=stream[:, s : s + chunk], **cache_kwargs(model, cache), use_cache=True).logits
             assert torch.isfinite(logits).all()
             assert max(cache.cache_tokens()) <= budget
         assert cache.get_seq_length() == 150
@@ -265,7 +276,7 @@ def test_hybrid_sliding_layers_keep_their_own_window(name, stream):
     model = build(name)
     sliding = [t == "sliding_attention" for t in model.config.layer_types]
     with make_cache(model, "streaming", start_size=SINK, recent_size=RECENT) as cache, torch.no_grad():
-        model(input_ids=stream[:, :100], past_key_values=cache, use_cache=True)
+        model(input_ids=stream[:, :100], **cache_kwargs(model, cache), use_cache=True)
         for layer, is_sliding in zip(cache.layers, sliding):
             assert layer.num_slots == (GEMMA_WINDOW - 1 if is_sliding else SINK + RECENT)
             assert layer.is_sliding == is_sliding
@@ -279,7 +290,7 @@ def test_hybrid_sizing_leaves_the_own_window_layers_their_share(stream):
     config = size_to_bytes(make_policy_config("streaming", start_size=SINK), model, target)
     one_slot = KVGeometry.of(model).bytes_per_slot(config)
     with cache_from_config(model, config) as cache, torch.no_grad():
-        model(input_ids=stream[:, :150], past_key_values=cache, use_cache=True)
+        model(input_ids=stream[:, :150], **cache_kwargs(model, cache), use_cache=True)
         assert target - one_slot < cache.cache_bytes() <= target
 
 
@@ -291,11 +302,11 @@ def test_gemma3_attention_hook_applies_the_sliding_window(stream):
         with attention_hook(model):
             for chunk in (1, 7):
                 cache = make_cache(model, "full")
-                got = torch.cat([model(input_ids=ids[:, s : s + chunk], past_key_values=cache, use_cache=True).logits[0]
+                got = torch.cat([model(input_ids=ids[:, s : s + chunk], **cache_kwargs(model, cache), use_cache=True).logits[0]
                                  for s in range(0, 60, chunk)])
                 assert (got - expected).abs().max().item() < TOL
     with make_cache(model, "h2o", heavy_size=8, recent_size=8) as cache:
-        out = model.generate(ids[:, :20], past_key_values=cache, max_new_tokens=40, do_sample=False, pad_token_id=0)
+        out = model.generate(ids[:, :20], **cache_kwargs(model, cache), max_new_tokens=40, do_sample=False, pad_token_id=0)
     assert out.shape[1] == 60
 
 
@@ -327,13 +338,13 @@ def test_learned_positions_beyond_the_table_raise_clearly(stream):
     cache = make_cache(model, "full")
     with torch.no_grad(), pytest.raises(ValueError, match="64 learned positions"):
         for s in range(0, 100, 10):
-            model(input_ids=stream[:, s : s + 10], past_key_values=cache, use_cache=True)
+            model(input_ids=stream[:, s : s + 10], **cache_kwargs(model, cache), use_cache=True)
 
 
 def test_learned_positions_are_given_back_on_disable(stream):
     model = build("gpt2")
     with make_cache(model, "streaming", start_size=SINK, recent_size=RECENT) as cache, torch.no_grad():
         for s in range(0, 100, 10):
-            model(input_ids=stream[:, s : s + 10], past_key_values=cache, use_cache=True)  # in-cache positions < 64
+            model(input_ids=stream[:, s : s + 10], **cache_kwargs(model, cache), use_cache=True)  # in-cache positions < 64
     with torch.no_grad(), pytest.raises(IndexError):  # the model's own absolute positions again: 100 > 64
-        model(input_ids=stream[:, 100:101], past_key_values=cache, use_cache=True)
+        model(input_ids=stream[:, 100:101], **cache_kwargs(model, cache), use_cache=True)

@@ -15,6 +15,7 @@ from streaming_llm import make_cache
 from streaming_llm.attention import ATTENTION_NAME, attention_hook, bounded_attention, grouped_scores, grouped_values
 from streaming_llm.cache import BoundedCache, BoundedLayer
 from streaming_llm.policies.base import LayerPolicy
+from streaming_llm.compat import cache_kwargs
 
 TOL = 1e-5
 
@@ -38,7 +39,7 @@ class KeepAllScored(LayerPolicy):
 
 def _logits(model, cache, ids, chunk):
     with torch.no_grad():
-        return torch.cat([model(input_ids=ids[:, s : s + chunk], past_key_values=cache, use_cache=True).logits[0]
+        return torch.cat([model(input_ids=ids[:, s : s + chunk], **cache_kwargs(model, cache), use_cache=True).logits[0]
                           for s in range(0, ids.shape[1], chunk)])
 
 
@@ -112,9 +113,9 @@ def test_scored_policy_without_the_hook_is_refused(token_stream):
     cache = make_cache(model, "h2o", heavy_size=4, recent_size=4)
     cache.disable()  # the user switched the hook off
     with torch.no_grad():
-        model(input_ids=token_stream[:, :1], past_key_values=cache, use_cache=True)
+        model(input_ids=token_stream[:, :1], **cache_kwargs(model, cache), use_cache=True)
         with pytest.raises(RuntimeError, match="attention hook"):
-            model(input_ids=token_stream[:, 1:2], past_key_values=cache, use_cache=True)
+            model(input_ids=token_stream[:, 1:2], **cache_kwargs(model, cache), use_cache=True)
 
 
 def test_cache_context_manager_restores_the_model(token_stream):
@@ -122,7 +123,7 @@ def test_cache_context_manager_restores_the_model(token_stream):
     with make_cache(model, "tova", cache_size=8) as cache:
         assert model.config._attn_implementation == ATTENTION_NAME
         with torch.no_grad():
-            model(input_ids=token_stream[:, :20], past_key_values=cache, use_cache=True)
+            model(input_ids=token_stream[:, :20], **cache_kwargs(model, cache), use_cache=True)
     assert model.config._attn_implementation == "sdpa"
 
 
@@ -130,7 +131,7 @@ def test_a_stale_offer_does_not_leak_into_a_later_forward(token_stream):
     model = tiny_model("llama")
     ids = token_stream[:, :30]
     with torch.no_grad():
-        model(input_ids=ids, past_key_values=make_cache(model, "streaming", recent_size=8), use_cache=True)  # offers, unhooked
+        model(input_ids=ids, **cache_kwargs(model, make_cache(model, "streaming", recent_size=8)), use_cache=True)  # offers, unhooked
         expected = model(input_ids=ids).logits
         with attention_hook(model):
             got = model(input_ids=ids).logits

@@ -11,6 +11,7 @@ from conftest import tiny_model
 from streaming_llm import UnsupportedModelError, list_policies, make_cache, make_policy_config
 from streaming_llm.cache import BoundedLayer
 from streaming_llm.policies import dynamic_sink_size
+from streaming_llm.compat import cache_kwargs
 
 H, D = 2, 8
 
@@ -67,7 +68,7 @@ def test_cache_tokens_and_bytes(tiny_llama, token_stream):
     cache = make_cache(tiny_llama, "streaming", start_size=4, recent_size=28)
     with torch.no_grad():
         for t in range(64):
-            tiny_llama(input_ids=token_stream[:, t : t + 1], past_key_values=cache, use_cache=True)
+            tiny_llama(input_ids=token_stream[:, t : t + 1], **cache_kwargs(tiny_llama, cache), use_cache=True)
     num_layers, kv_heads = tiny_llama.config.num_hidden_layers, tiny_llama.config.num_key_value_heads
     head_dim = tiny_llama.config.hidden_size // tiny_llama.config.num_attention_heads
     assert cache.cache_tokens() == [32] * num_layers
@@ -81,16 +82,16 @@ def test_cache_tokens_and_bytes(tiny_llama, token_stream):
 def test_batch_size_above_one_is_refused(tiny_llama):
     cache = make_cache(tiny_llama, "streaming", start_size=2, recent_size=8)
     with pytest.raises(ValueError, match="batch size 1"):
-        tiny_llama(input_ids=torch.zeros(2, 3, dtype=torch.long), past_key_values=cache, use_cache=True)
+        tiny_llama(input_ids=torch.zeros(2, 3, dtype=torch.long), **cache_kwargs(tiny_llama, cache), use_cache=True)
 
 
 def test_reset_starts_a_new_stream(tiny_llama, token_stream):
     cache = make_cache(tiny_llama, "streaming", start_size=2, recent_size=8)
     with torch.no_grad():
-        first = tiny_llama(input_ids=token_stream[:, :20], past_key_values=cache, use_cache=True).logits
+        first = tiny_llama(input_ids=token_stream[:, :20], **cache_kwargs(tiny_llama, cache), use_cache=True).logits
         cache.reset()
         assert cache.get_seq_length() == 0 and cache.cache_bytes() == 0
-        again = tiny_llama(input_ids=token_stream[:, :20], past_key_values=cache, use_cache=True).logits
+        again = tiny_llama(input_ids=token_stream[:, :20], **cache_kwargs(tiny_llama, cache), use_cache=True).logits
     assert torch.allclose(first, again)
 
 

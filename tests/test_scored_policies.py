@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_model
 from streaming_llm import make_cache, make_policy_config
 from streaming_llm.policies.base import SlotView
+from streaming_llm.compat import cache_kwargs
 
 KV_HEADS, GROUP = 2, 3
 
@@ -92,10 +93,10 @@ def test_tova_matches_reference(chunks, cache_size):
 def test_scored_budgets_hold_on_a_model(token_stream, policy, params, budget):
     model = tiny_model("llama")
     with make_cache(model, policy, **params) as cache, torch.no_grad():
-        model(input_ids=token_stream[:, :40], past_key_values=cache, use_cache=True)  # prefill past the budget
+        model(input_ids=token_stream[:, :40], **cache_kwargs(model, cache), use_cache=True)  # prefill past the budget
         assert max(cache.cache_tokens()) <= budget
         for t in range(40, 100):
-            model(input_ids=token_stream[:, t : t + 1], past_key_values=cache, use_cache=True)
+            model(input_ids=token_stream[:, t : t + 1], **cache_kwargs(model, cache), use_cache=True)
             assert max(cache.cache_tokens()) <= budget
         assert cache.get_seq_length() == 100
 
@@ -204,7 +205,7 @@ def test_rocketkv_reads_topk_keys_and_attends_exactly_to_them(token_stream):
     args = dict(storage_size=48, topk=10, window_size=4, kernel_size=7, reselect_interval=4)
     with make_cache(model, "rocketkv", **args) as cache, torch.no_grad():
         for t in range(80):
-            model(input_ids=token_stream[:, t : t + 1], past_key_values=cache, use_cache=True)
+            model(input_ids=token_stream[:, t : t + 1], **cache_kwargs(model, cache), use_cache=True)
             assert max(cache.cache_tokens()) <= 48
         stats = cache.policy_stats()
     sparse_steps = stats["sparse_steps"]
@@ -214,11 +215,11 @@ def test_rocketkv_reads_topk_keys_and_attends_exactly_to_them(token_stream):
     # with topk >= every slot, stage 2 reads everything: logits equal dense SnapKV-style storage
     dense = dict(args, topk=10_000)
     with make_cache(model, "rocketkv", **dense) as a, torch.no_grad():
-        first = torch.cat([model(input_ids=token_stream[:, t : t + 1], past_key_values=a, use_cache=True).logits
+        first = torch.cat([model(input_ids=token_stream[:, t : t + 1], **cache_kwargs(model, a), use_cache=True).logits
                            for t in range(60)])
     snap = dict(cache_size=48, window_size=4, kernel_size=7, pooling="maxpool", reselect_interval=4)
     with make_cache(model, "snapkv", **snap) as b, torch.no_grad():
-        second = torch.cat([model(input_ids=token_stream[:, t : t + 1], past_key_values=b, use_cache=True).logits
+        second = torch.cat([model(input_ids=token_stream[:, t : t + 1], **cache_kwargs(model, b), use_cache=True).logits
                             for t in range(60)])
     assert torch.allclose(first, second, atol=1e-5)
 
@@ -267,9 +268,9 @@ def test_dynamickv_total_budget_holds_on_a_model(token_stream):
     model = tiny_model("llama", num_hidden_layers=4)
     with make_cache(model, "dynamickv", cache_size=20, window_size=4, reselect_interval=4, ratio_max=3.0) as cache, \
             torch.no_grad():
-        model(input_ids=token_stream[:, :50], past_key_values=cache, use_cache=True)
+        model(input_ids=token_stream[:, :50], **cache_kwargs(model, cache), use_cache=True)
         for t in range(50, 150):
             assert sum(cache.cache_tokens()) <= 4 * 20
-            model(input_ids=token_stream[:, t : t + 1], past_key_values=cache, use_cache=True)
+            model(input_ids=token_stream[:, t : t + 1], **cache_kwargs(model, cache), use_cache=True)
         allocator = cache.layers[0].policy.allocator
         assert allocator.reallocations > 5 and sum(allocator.budgets) == 4 * 20

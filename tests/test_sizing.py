@@ -11,6 +11,7 @@ from conftest import tiny_model
 from streaming_llm import cache_from_config, list_policies, make_policy_config
 from streaming_llm.cli import main
 from streaming_llm.sizing import KVGeometry, size_to_bytes
+from streaming_llm.compat import cache_kwargs
 
 SMALL_WINDOW = dict(window_size=4, reselect_interval=4, kernel_size=3)
 TARGET = 40_000
@@ -27,7 +28,7 @@ def test_sized_policy_uses_at_most_and_nearly_the_target(token_stream, policy):
     peak = 0
     with cache_from_config(model, config) as cache, torch.no_grad():
         for t in range(200):
-            model(input_ids=token_stream[:, t : t + 1], past_key_values=cache, use_cache=True)
+            model(input_ids=token_stream[:, t : t + 1], **cache_kwargs(model, cache), use_cache=True)
             peak = max(peak, cache.cache_bytes())
     assert TARGET - one_slot_everywhere <= peak <= TARGET
 

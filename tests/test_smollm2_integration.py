@@ -13,6 +13,7 @@ from streaming_llm import enable_streaming_llm, make_cache
 from streaming_llm.data import tokenize_stream
 from streaming_llm.evaluation.driver import stream
 from streaming_llm.models import load_model
+from streaming_llm.compat import cache_kwargs
 
 pytestmark = [
     pytest.mark.integration,
@@ -40,10 +41,10 @@ def test_full_matches_dynamic_cache_on_smollm2(smollm2, book_ids):
     model, _ = smollm2
     ids = torch.tensor([book_ids[:200]])
     with torch.no_grad():
-        expected = torch.cat([model(input_ids=ids[:, s:s + 25], past_key_values=cache, use_cache=True).logits[0]
+        expected = torch.cat([model(input_ids=ids[:, s:s + 25], **cache_kwargs(model, cache), use_cache=True).logits[0]
                               for cache in [DynamicCache(config=model.config)] for s in range(0, 200, 25)])
         cache = make_cache(model, "full")
-        got = torch.cat([model(input_ids=ids[:, s:s + 25], past_key_values=cache, use_cache=True).logits[0]
+        got = torch.cat([model(input_ids=ids[:, s:s + 25], **cache_kwargs(model, cache), use_cache=True).logits[0]
                          for s in range(0, 200, 25)])
     assert (got - expected).abs().max().item() < 1e-3
 
@@ -61,7 +62,7 @@ def test_generate_with_chat_template_past_the_window(smollm2):
     messages = [{"role": "user", "content": "Write a short poem about the sea."}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     cache = enable_streaming_llm(model, start_size=4, recent_size=32)
-    out = model.generate(**inputs, past_key_values=cache, max_new_tokens=60, do_sample=False)
+    out = model.generate(**inputs, **cache_kwargs(model, cache), max_new_tokens=60, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 60 or tokenizer.eos_token_id in out[0].tolist()
     assert max(cache.cache_tokens()) <= 36
     assert cache.get_seq_length() >= inputs["input_ids"].shape[1] + 59

@@ -8,6 +8,7 @@ from transformers import DynamicCache
 
 from conftest import FAMILIES, NaiveStreamingReference, tiny_model
 from streaming_llm import enable_streaming_llm, make_cache
+from streaming_llm.compat import cache_kwargs
 
 TOL = 1e-4
 
@@ -15,7 +16,7 @@ TOL = 1e-4
 def _chunked_logits(model, cache, ids, chunk):
     with torch.no_grad():
         return torch.cat(
-            [model(input_ids=ids[:, s : s + chunk], past_key_values=cache, use_cache=True).logits[0]
+            [model(input_ids=ids[:, s : s + chunk], **cache_kwargs(model, cache), use_cache=True).logits[0]
              for s in range(0, ids.shape[1], chunk)]
         )
 
@@ -44,7 +45,7 @@ def test_streaming_one_layer_equals_fresh_forward_over_kept_tokens(token_stream)
     worst = 0.0
     with torch.no_grad():
         for t in range(ids.shape[1]):
-            got = model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits[0, -1]
+            got = model(input_ids=ids[:, t : t + 1], **cache_kwargs(model, cache), use_cache=True).logits[0, -1]
             fresh = model(input_ids=ids[:, _kept(t, sink, recent) + [t]]).logits[0, -1]
             worst = max(worst, (got - fresh).abs().max().item())
     assert worst < TOL
@@ -62,7 +63,7 @@ def test_streaming_matches_naive_in_cache_positions(token_stream, family, chunk)
     with torch.no_grad():
         for s in range(0, ids.shape[1], chunk):
             chunk_ids = ids[:, s : s + chunk]
-            got = model(input_ids=chunk_ids, past_key_values=ours, use_cache=True).logits[0]
+            got = model(input_ids=chunk_ids, **cache_kwargs(model, ours), use_cache=True).logits[0]
             worst = max(worst, (got - naive.step(model, chunk_ids)).abs().max().item())
     assert worst < TOL
 
@@ -99,7 +100,7 @@ def test_generate_matches_manual_loop_and_reference(tiny_llama, token_stream, po
     new_tokens = 80  # 5x the window
     with make_cache(tiny_llama, policy, **params) as cache:
         out = tiny_llama.generate(
-            prompt, attention_mask=torch.ones_like(prompt), past_key_values=cache,
+            prompt, attention_mask=torch.ones_like(prompt), **cache_kwargs(tiny_llama, cache),
             max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, output_logits=True,
             return_dict_in_generate=True, pad_token_id=0,
         )
@@ -109,7 +110,7 @@ def test_generate_matches_manual_loop_and_reference(tiny_llama, token_stream, po
     manual, step_input = [], prompt
     with make_cache(tiny_llama, policy, **params) as cache, torch.no_grad():
         for _ in range(new_tokens):
-            logits = tiny_llama(input_ids=step_input, past_key_values=cache, use_cache=True).logits[0, -1]
+            logits = tiny_llama(input_ids=step_input, **cache_kwargs(tiny_llama, cache), use_cache=True).logits[0, -1]
             step_input = logits.argmax().view(1, 1)
             manual.append(step_input.item())
     assert generated.tolist() == manual

@@ -100,7 +100,8 @@ def enable_streaming_llm(
 ) -> BoundedCache:
     """StreamingLLM for ``model``: a cache keeping ``start_size`` sinks + ``recent_size`` recent tokens.
 
-    Use it with ``model.generate(**inputs, past_key_values=cache)`` or in a manual token loop.
+    Use it with ``model.generate(**inputs, cache=cache)`` (``past_key_values=cache`` before transformers
+    5.24) or in a manual token loop.
     A cache holds one stream: build a new one (or ``cache.reset()``) for the next.
     """
     return make_cache(

@@ -100,7 +100,10 @@ class BoundedLayer(CacheLayerMixin):
         attention.offer(self)
         return self.returned_keys, values_out
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+    def get_mask_sizes(self, query_length: "int | torch.Tensor") -> tuple[int, int]:
+        # transformers < 5.4 passes the chunk's ``cache_position`` tensor instead of its length.
+        if isinstance(query_length, torch.Tensor):
+            query_length = query_length.shape[0]
         return self.num_slots + query_length, self.seen_tokens - self.num_slots
 
     def get_seq_length(self) -> int:
@@ -109,6 +112,10 @@ class BoundedLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         bound = self.policy.max_slots()
         return -1 if bound is None else bound
+
+    def get_max_cache_shape(self) -> int:
+        # The name of get_max_length before transformers 5.13 (abstract there, removed by 5.20).
+        return self.get_max_length()
 
     def reset(self) -> None:
         self.keys = self.values = self.returned_keys = self.returned_bias = self._pending_view = None
@@ -203,7 +210,7 @@ class BoundedCache(Cache):
     """A ``transformers.Cache`` with one :class:`BoundedLayer` per decoder layer.
 
     Build it with :func:`streaming_llm.make_cache` or an ``enable_*`` function; pass it as
-    ``past_key_values`` to ``model(...)`` or ``model.generate(...)``.
+    ``cache`` (transformers >= 5.24) or ``past_key_values`` to ``model(...)`` or ``model.generate(...)``.
     """
 
     def __init__(self, layers: list[BoundedLayer], policy_name: str = "", config=None):

@@ -10,8 +10,9 @@ absolute position, so ``full`` is unchanged.
 The model derives ``position_ids`` from ``get_seq_length()`` (tokens seen, which ``generate()``
 and the masks rely on), and ``generate()`` passes absolute ``position_ids`` it increments itself,
 so the one public place to choose them is the call: a forward pre-hook on the model
-(``torch.nn.Module.register_forward_pre_hook``) sets ``position_ids`` when the call's
-``past_key_values`` is this cache and leaves every other call alone. It is removed by
+(``torch.nn.Module.register_forward_pre_hook``) sets ``position_ids`` when the call carries this
+cache (as ``past_key_values=`` or, from transformers 5.24, ``cache=``) and leaves every other call
+alone. It is removed by
 ``cache.disable()`` (or leaving ``with make_cache(...)``), or when the cache is garbage collected.
 """
 
@@ -21,6 +22,8 @@ import weakref
 
 import torch
 from torch.utils.hooks import RemovableHandle
+
+from .compat import carries
 
 
 def _inputs(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -39,12 +42,12 @@ def _inputs(args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 def install(model: torch.nn.Module, cache) -> RemovableHandle:
-    """Make every ``model(..., past_key_values=cache)`` call use ``cache.input_positions(q)``."""
+    """Make every ``model(...)`` call that carries ``cache`` use ``cache.input_positions(q)``."""
     cache_ref = weakref.ref(cache)  # the hook must not keep a discarded cache alive
 
     def set_positions(module, args, kwargs):
         owner = cache_ref()
-        if owner is None or kwargs.get("past_key_values") is not owner:
+        if owner is None or not carries(args, kwargs, owner):
             return None
         inputs = _inputs(args, kwargs)
         positions = owner.input_positions(inputs.shape[1]).to(inputs.device)

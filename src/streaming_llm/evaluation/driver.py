@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cache import BoundedCache
+from ..compat import cache_kwargs
 from .memory import peak_device_bytes, peak_rss_bytes, reset_peak_memory
 
 
@@ -75,11 +76,12 @@ def stream(
     reset_peak_memory(device)
     num_predictions = ids.shape[1] - 1
     bar = tqdm(total=num_predictions, desc=description, unit="tok", disable=not progress, leave=False)
+    cache_arg = cache_kwargs(model, cache)
     _synchronize(device)
     start = time.perf_counter()
     for begin in range(0, num_predictions, chunk_size):
         end = min(begin + chunk_size, num_predictions)
-        logits = model(input_ids=ids[:, begin:end], past_key_values=cache, use_cache=True).logits[0]
+        logits = model(input_ids=ids[:, begin:end], **cache_arg, use_cache=True).logits[0]
         targets = ids[0, begin + 1 : end + 1]
         nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
         result.nll.extend(nll.tolist())

@@ -19,6 +19,7 @@ import torch
 
 from ..api import cache_from_config
 from ..cache import BoundedCache
+from ..compat import cache_kwargs
 from ..evaluation.memory import peak_rss_bytes
 from ..policies import PolicyConfig
 
@@ -84,11 +85,12 @@ def greedy_generate(
     ids = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=device).reshape(1, -1)
     stop = set(stop_ids)
     result = Generation()
+    cache_arg = cache_kwargs(model, cache)
     _synchronize(device)
     start = time.perf_counter()
     for begin in range(0, ids.shape[1], config.chunk_size):
         # logits_to_keep=1: only the last position's logits are ever used.
-        logits = model(input_ids=ids[:, begin : begin + config.chunk_size], past_key_values=cache,
+        logits = model(input_ids=ids[:, begin : begin + config.chunk_size], **cache_arg,
                        use_cache=True, logits_to_keep=1).logits
         _record_size(result, cache)
     _synchronize(device)
@@ -101,7 +103,7 @@ def greedy_generate(
         result.tokens.append(token)
         if step + 1 == config.max_new_tokens:
             break
-        logits = model(input_ids=torch.tensor([[token]], device=device), past_key_values=cache,
+        logits = model(input_ids=torch.tensor([[token]], device=device), **cache_arg,
                        use_cache=True, logits_to_keep=1).logits
         _record_size(result, cache)
     _synchronize(device)
