@@ -11,6 +11,7 @@ from conftest import tiny_model
 from test_architectures import build, one_thread  # noqa: F401  (one_thread: an autouse fixture)
 from streaming_llm import UnsupportedModelError, make_cache, make_policy_config
 from streaming_llm.cache import BoundedLayer
+from streaming_llm.compat import cache_kwargs
 from streaming_llm.evaluation.runs import RunSpec
 from streaming_llm.memory import LayerMemory, MemoryConfig
 from streaming_llm.policies.streaming import SinksAndRecent
@@ -39,7 +40,7 @@ def stream(model, cache, ids: torch.Tensor, chunk: int, check=None) -> torch.Ten
     logits = []
     with torch.no_grad():
         for begin in range(0, ids.shape[1], chunk):
-            logits.append(model(input_ids=ids[:, begin : begin + chunk], past_key_values=cache, use_cache=True).logits)
+            logits.append(model(input_ids=ids[:, begin : begin + chunk], **cache_kwargs(model, cache), use_cache=True).logits)
             if check is not None:
                 check(cache)
     return torch.cat(logits, dim=1)
@@ -180,13 +181,13 @@ def test_passive_bytes_grow_by_exactly_the_evicted_slots(model, token_stream):
 def test_generate_gives_the_manual_loops_tokens(model, token_stream, policy, params):
     prompt, new = token_stream[:, :60], 40
     with make_cache(model, policy, memory=MEMORY, **params) as cache:
-        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), past_key_values=cache,
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), **cache_kwargs(model, cache),
                              max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
         assert cache.policy_stats()["memory_recalled_blocks"] > 0
     manual, step = [], prompt
     with make_cache(model, policy, memory=MEMORY, **params) as cache, torch.no_grad():
         for _ in range(new):
-            step = model(input_ids=step, past_key_values=cache, use_cache=True).logits[0, -1].argmax().view(1, 1)
+            step = model(input_ids=step, **cache_kwargs(model, cache), use_cache=True).logits[0, -1].argmax().view(1, 1)
             manual.append(step.item())
     assert out[0, prompt.shape[1] :].tolist() == manual
 
