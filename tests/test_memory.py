@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from conftest import tiny_model
 from test_architectures import build, one_thread  # noqa: F401  (one_thread: an autouse fixture)
 from streaming_llm import UnsupportedModelError, make_cache, make_policy_config
 from streaming_llm.cache import BoundedLayer
+from streaming_llm.cli import main
 from streaming_llm.compat import cache_kwargs
 from streaming_llm.evaluation.runs import RunSpec
 from streaming_llm.memory import LayerMemory, MemoryConfig
@@ -229,3 +232,21 @@ def test_memory_needs_a_bounded_policy():
 def test_families_that_cannot_reposition_are_refused(name):
     with pytest.raises(UnsupportedModelError, match="needs rotary position embeddings"):
         make_cache(build(name), "streaming", start_size=4, recent_size=28, memory=MEMORY)
+
+
+def test_tasks_command_takes_memory_policies_and_records_their_counters(tiny_model_dir, tmp_path):
+    out = tmp_path / "tasks"
+    streaming = make_policy_config("streaming", start_size=4, recent_size=60)
+    argv = ["tasks", "--model", str(tiny_model_dir), "--policies", "streaming:start_size=4,recent_size=60",
+            "streaming+memory:memory_block_size=16,memory_recall_blocks=2,memory_summary=minmax",
+            "--tasks", "passkey", "--lengths", "400", "--depths", "0.5", "--samples", "1", "--chunk-size", "64",
+            "--max-new-tokens", "4", "--output-dir", str(out), "--quiet"]
+    argv[argv.index("--tasks"):argv.index("--tasks")] = [
+        "--cache-bytes", str(cache_bytes_of(streaming, AutoModelForCausalLM.from_pretrained(tiny_model_dir)))]
+    assert main(argv) == 0
+    records = {path.name.split("-passkey")[0]: json.loads(path.read_text()) for path in (out / "records").glob("*.json")}
+    memory = records["streaming_memory_memory_block_size=16_memory_recall_blocks=2_memory_summary=minmax"]
+    assert memory["policy"] == "streaming+memory" and memory["params"]["memory_summary"] == "minmax"
+    assert memory["params"]["recent_size"] == 28  # 64 slots at equal bytes: 32 recalled + 4 sinks + 28 recent
+    assert memory["policy_stats"]["memory_recalled_blocks"] > 0 and memory["passive_bytes"] > 0
+    assert memory["cache_bytes_max"] <= records["streaming_start_size=4_recent_size=60"]["cache_bytes_max"]
