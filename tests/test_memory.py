@@ -250,3 +250,23 @@ def test_tasks_command_takes_memory_policies_and_records_their_counters(tiny_mod
     assert memory["params"]["recent_size"] == 28  # 64 slots at equal bytes: 32 recalled + 4 sinks + 28 recent
     assert memory["policy_stats"]["memory_recalled_blocks"] > 0 and memory["passive_bytes"] > 0
     assert memory["cache_bytes_max"] <= records["streaming_start_size=4_recent_size=60"]["cache_bytes_max"]
+
+
+def test_sweep_grids_take_memory_policies(tmp_path):
+    from streaming_llm.sweep import load_grid
+
+    path = tmp_path / "g.toml"
+    path.write_text("""
+[scenarios.s]
+model = "m"
+text = "builtin:pioneer-days"
+tokens = 64
+
+[profiles.p]
+equal_memory_to = "streaming"
+policies = ["streaming:start_size=4,recent_size=60", "streaming+memory:memory_block_size=8", { policy = "h2o+memory", memory_recall_blocks = 2, memory_store_dtype = "int8" }]
+""")
+    specs = load_grid(str(path)).profiles["p"].specs
+    configs = [spec.config() for spec in specs]
+    assert [c.name for c in configs] == ["streaming", "streaming+memory", "h2o+memory"]
+    assert configs[1].memory.block_size == 8 and configs[2].memory == MemoryConfig(recall_blocks=2, store_dtype="int8")
