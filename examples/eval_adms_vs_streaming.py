@@ -7,7 +7,10 @@
 
 Offline it reads a shipped book with SmolLM2 (the defaults); ``--dataset_name wikitext --task
 wikitext-2-raw-v1`` and hub model ids work where the Hugging Face hub is reachable. Every ADMS
-parameter of seed 000 is a flag with the seed's name and default. StreamingLLM gets the same
+parameter of seed 000 is a flag with the seed's name and default; ADM++ (seed 001) is on by default,
+``--disable_dual_fidelity``, ``--disable_residual_replay``, ``--disable_position_calibration`` and
+``--disable_adaptive_controller`` turn its parts off, ``--sketch_budget``, ``--replay_budget``,
+``--energy_replay_threshold`` (and every other seed 001 name) set them. StreamingLLM gets the same
 ``--start_size``, ``--recent_size`` and sink settings. By default ADMS holds its mid-memory on
 top of that (the seed's setting: more memory than StreamingLLM); ``--equal_memory`` shrinks
 ADMS's recent window so it holds no more bytes than StreamingLLM.
@@ -34,8 +37,10 @@ from streaming_llm.report.comparison import readable_text, write_pair_report
 
 #: flags shared with StreamingLLM, so both policies see the same sinks and window
 SHARED = ("start_size", "recent_size", "enable_dynamic_sink", "max_seq_length", "enable_pos_shift")
+#: ADM++ switches: on in this script (seed 001: "Full ADM++ (default)"), off in the library
+ADM_PLUS_SWITCHES = ("dual_fidelity", "residual_replay", "position_calibration", "adaptive_controller")
 #: the seed's runs print the stats lines; the library's default is silence
-SCRIPT_DEFAULTS = {"log_every": 512}
+SCRIPT_DEFAULTS = {"log_every": 512, **{f"enable_{name}": True for name in ADM_PLUS_SWITCHES}}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +58,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
             convert = type(field.default) if choices is None else str
             group.add_argument(f"--{field.name}", type=convert, default=default, choices=choices)
+    for name in ADM_PLUS_SWITCHES:  # seed 001's spelling
+        group.add_argument(f"--disable_{name}", dest=f"enable_{name}", action="store_false",
+                           help=f"turn ADM++ {name.replace('_', ' ')} off (on by default here)")
 
 
 def build_parser() -> argparse.ArgumentParser:

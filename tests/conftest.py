@@ -44,6 +44,37 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides) -> torch.nn.Mo
     return model.eval()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One intra-op thread for the whole suite: the tiny models gain nothing from more, and on a
+    shared 2-core machine thread contention made test_architectures 15x slower (190 s, not 12 s)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class RunCounter:
+    """Counts the streams actually run (``run_perplexity`` calls), so tests tell a reused record
+    from a rerun by what happened, not by comparing timings."""
+
+    def __init__(self, function):
+        self.function, self.calls = function, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.function(*args, **kwargs)
+
+
+@pytest.fixture
+def counted_runs(monkeypatch) -> RunCounter:
+    from streaming_llm.evaluation import jobs
+
+    counter = RunCounter(jobs.run_perplexity)
+    monkeypatch.setattr(jobs, "run_perplexity", counter)
+    return counter
+
+
 @pytest.fixture(scope="session")
 def tiny_llama():
     return tiny_model("llama")

@@ -93,16 +93,6 @@ def build(name: str, layers: int = 2) -> torch.nn.Module:
     return ARCHITECTURES[name][0](layers).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the thread
-    # contention made this file 15x slower (190 s instead of 12 s).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def stream():
     return torch.randint(0, 256, (1, 200), generator=torch.Generator().manual_seed(7))

@@ -11,7 +11,7 @@ import torch
 from transformers import DynamicCache
 
 from conftest import tiny_model
-from streaming_llm import make_cache
+from streaming_llm import attention, make_cache
 from streaming_llm.attention import ATTENTION_NAME, attention_hook, bounded_attention, grouped_scores, grouped_values
 from streaming_llm.cache import BoundedCache, BoundedLayer
 from streaming_llm.policies.base import LayerPolicy
@@ -62,8 +62,7 @@ def test_scored_path_equals_eager_attention(token_stream, chunk):
     expected = _logits(eager, DynamicCache(config=eager.config), ids, chunk)
     model = tiny_model("llama")
     policies = [KeepAllScored() for _ in range(model.config.num_hidden_layers)]
-    cache = BoundedCache([BoundedLayer(p) for p in policies])
-    cache.attach_hook(model)
+    cache = BoundedCache([BoundedLayer(p) for p in policies]).attach(model)
     got = _logits(model, cache, ids, chunk)
     cache.disable()
     assert (got - expected).abs().max().item() < TOL
@@ -87,14 +86,17 @@ def test_log_count_bias_equals_duplicated_slots():
     key, value = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
     counts = torch.tensor([[3.0, 1, 1, 1, 1, 1], [1, 2, 1, 1, 1, 1]])  # per KV head
 
-    def fake_layer(k, bias):
+    module = torch.nn.Module()
+    module.layer_idx = 0
+    session = SimpleNamespace(carried=None)  # stands for the session of the cache the call carries
+    routed = attention.route(module, session)
+
+    def carry(bias):
         policy = SimpleNamespace(needs_attention=False)
-        return SimpleNamespace(returned_keys=k, policy=policy, attention_bias=lambda: bias)
+        session.carried = SimpleNamespace(layers=[SimpleNamespace(policy=policy, attention_bias=lambda: bias)])
 
-    from streaming_llm import attention
-
-    attention.offer(fake_layer(key, counts.log()))
-    biased, _ = bounded_attention(None, query, key, value, None)
+    carry(counts.log())
+    biased, _ = bounded_attention(module, query, key, value, None)
     # duplicate: head 0 gets 2 extra copies of slot 0, head 1 one extra copy of slot 1; pad the
     # other head with masked (-inf) slots so both heads have 8 slots.
     k2 = torch.cat([key[:, :, :1], key[:, :, :1], key[:, :, :2], key[:, :, 2:]], dim=2)
@@ -103,8 +105,9 @@ def test_log_count_bias_equals_duplicated_slots():
     v2[:, 1, :4] = torch.stack([value[0, 1, 0], value[0, 1, 1], value[0, 1, 1], value[0, 1, 1]])[None]
     pad_bias = torch.zeros(2, 8)
     pad_bias[1, 2] = -math.inf  # head 1: slots 0, 1, 1, [1 masked] -> slot 1 counted twice
-    attention.offer(fake_layer(k2, pad_bias))
-    duplicated, _ = bounded_attention(None, query, k2, v2, None)
+    carry(pad_bias)
+    duplicated, _ = bounded_attention(module, query, k2, v2, None)
+    attention.unroute(routed, session)
     assert torch.allclose(biased, duplicated, atol=1e-5)
 
 

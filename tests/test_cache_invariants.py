@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import tiny_model
+from policy_table import POLICY_ROWS, rows
 from streaming_llm import UnsupportedModelError, list_policies, make_cache, make_policy_config
 from streaming_llm.cache import BoundedLayer
 from streaming_llm.policies import dynamic_sink_size
@@ -118,7 +119,7 @@ def test_dynamic_sink_size():
     ("sliding_window", dict(window_size=0), "window_size must be an integer >= 1"),
     ("sliding_window", dict(recent_size=3), "unknown parameter.*recent_size.*allowed: .*window_size"),
     ("full", dict(enable_pos_shift=3), "enable_pos_shift must be a bool"),
-    ("h2o_typo", {}, "policy must be one of adms, dynamickv, full, h2o, rocketkv, sliding_window, snapkv, streaming, tova; got 'h2o_typo'"),
+    ("h2o_typo", {}, f"policy must be one of {', '.join(list_policies())}; got 'h2o_typo'"),
     ("h2o", dict(heavy_size=-1), "heavy_size must be an integer >= 0"),
     ("tova", dict(cache_size=0), "cache_size must be an integer >= 1"),
     ("snapkv", dict(cache_size=40, window_size=32, reselect_interval=32), "cache_size must be an integer >= 64"),
@@ -165,3 +166,22 @@ def test_length_dependent_rope_is_refused():
     model = tiny_model("llama", rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
     with pytest.raises(UnsupportedModelError, match="rope_type 'dynamic'"):
         make_cache(model, "streaming")
+
+
+def test_table_covers_every_policy():
+    """A registered policy without a row in tests/policy_table.py is a policy no test runs."""
+    assert {name for name, _ in POLICY_ROWS} == set(list_policies())
+
+
+@pytest.mark.parametrize("policy,params", rows())
+def test_every_policy_holds_its_budget_on_a_model(tiny_llama, token_stream, policy, params):
+    """The budget holds after every update, prefill past it included; ``bounded`` says whether there is one."""
+    with make_cache(tiny_llama, policy, **params) as cache, torch.no_grad():
+        tiny_llama(input_ids=token_stream[:, :40], **cache_kwargs(tiny_llama, cache), use_cache=True)
+        for t in range(40, 90):
+            assert max(cache.cache_tokens()) <= (cache.max_slots() or 10**9)
+            tiny_llama(input_ids=token_stream[:, t : t + 1], **cache_kwargs(tiny_llama, cache), use_cache=True)
+        assert (cache.max_slots() is not None) == make_policy_config(policy).bounded
+        if cache.max_slots() is not None:
+            assert max(cache.cache_tokens()) <= cache.max_slots() < 90
+        assert cache.get_seq_length() == 90

@@ -42,14 +42,18 @@ def test_eval_compares_policies_and_writes_reports(tiny_model_dir, tmp_path, cap
     assert all(f"]({name})" in report for name in figures)  # the figures are embedded in the report
 
 
-def test_rerun_reuses_records_and_force_reruns(tiny_model_dir, tmp_path, capsys):
+def test_rerun_reuses_records_and_force_reruns(tiny_model_dir, tmp_path, capsys, counted_runs):
     out = tmp_path / "run"
     _eval(tiny_model_dir, out, "--json", "--policy", "streaming:start_size=2,recent_size=10")
     first = json.loads(capsys.readouterr().out)
+    assert counted_runs.calls == 1
     _eval(tiny_model_dir, out, "--json", "--policy", "streaming:start_size=2,recent_size=10")
-    assert json.loads(capsys.readouterr().out)["seconds"] == first["seconds"]  # reused, not rerun
+    again = json.loads(capsys.readouterr().out)
+    assert again["seconds"] == first["seconds"] and again == first  # the record, read back
+    assert counted_runs.calls == 1  # reused, not rerun
     _eval(tiny_model_dir, out, "--json", "--force", "--policy", "streaming:start_size=2,recent_size=10")
-    assert json.loads(capsys.readouterr().out)["seconds"] != first["seconds"]
+    json.loads(capsys.readouterr().out)
+    assert counted_runs.calls == 2  # --force ran it again
 
 
 def test_chunked_eval_prints_a_table(tiny_model_dir, tmp_path, capsys):

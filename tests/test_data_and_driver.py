@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from streaming_llm import make_cache
+from streaming_llm.compat import cache_kwargs
 from streaming_llm.data import BUILTIN_CORPORA, accumulate_until, list_builtin_texts, load_text, tokenize_stream
 from streaming_llm.evaluation.driver import stream
 from streaming_llm.report import write_atomic
@@ -61,7 +62,15 @@ def test_driver_records_a_bounded_cache(tiny_llama, token_stream):
     cache = make_cache(tiny_llama, "streaming", start_size=4, recent_size=20)
     result = stream(tiny_llama, cache, token_stream[0, :100].tolist(), progress=False)
     assert max(result.cache_tokens) == 24
-    assert len(set(result.cache_bytes[30:])) == 1  # constant once full
+    # bytes per step, read by hand: constant once full, and the most of them is the cache's mark
+    step_bytes, ids = [], token_stream[:, :99]
+    with make_cache(tiny_llama, "streaming", start_size=4, recent_size=20) as again, torch.no_grad():
+        for t in range(ids.shape[1]):
+            tiny_llama(input_ids=ids[:, t : t + 1], **cache_kwargs(tiny_llama, again), use_cache=True)
+            step_bytes.append(again.cache_bytes())
+    assert len(set(step_bytes[30:])) == 1  # constant once full
+    assert result.cache_bytes_max == max(step_bytes) == cache.high_water.bytes == cache.cache_bytes()
+    assert result.cache_bytes_max_by_layer_type == {"full_attention": max(step_bytes)}
 
 
 def test_driver_rejects_bad_arguments(tiny_llama):

@@ -68,6 +68,7 @@ def test_head_to_head_run_writes_summary_and_readable_stats(script, tiny_model_d
                         "--num_eval_tokens", "64", "--chunk_size", "4", "--start_size", "2", "--recent_size", "16",
                         "--compressed_budget", "8", "--rank", "2", "--compression_interval", "4",
                         "--no-enable_dynamic_sink", "--log_every", "32", "--equal_memory", "--with_full",
+                        "--sketch_budget", "2", "--replay_budget", "1", "--calibration_window", "4",
                         "--output_dir", str(out), "--quiet"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())

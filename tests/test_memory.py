@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import tiny_model
-from test_architectures import build, one_thread  # noqa: F401  (one_thread: an autouse fixture)
+from test_architectures import build
 from streaming_llm import UnsupportedModelError, make_cache, make_policy_config
 from streaming_llm.cache import BoundedLayer
 from streaming_llm.cli import main

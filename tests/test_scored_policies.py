@@ -239,28 +239,33 @@ def test_budget_allocation_is_proportional_bounded_and_exact():
 
 
 def test_dynamickv_moves_budget_to_layers_with_the_strongest_votes():
-    from streaming_llm.policies.dynamickv import LayerBudgetAllocator
+    from streaming_llm.policies.dynamickv import AdaptiveLayer, LayerBudgetAllocator
 
     allocator = LayerBudgetAllocator(num_layers=3, cache_size=24, window_size=4, ratio_max=2.0, reselect_interval=2)
     trims = {}
 
     class FakeLayer:
+        end_step = AdaptiveLayer.end_step  # the trim each layer does when the step ends
+
         def __init__(self, idx, level):
-            self.idx, self.reselect_interval, self.level = idx, 2, level
+            self.layer_idx, self.allocator, self.reselect_interval = idx, allocator, 2
+            self.scores = torch.full((2, 100 if idx == 0 else 40), level)
             allocator.policies.append(self)
 
         def candidate_scores(self):
-            return torch.full((2, 100 if self.idx == 0 else 40), self.level)
+            return self.scores
 
-        def trim(self, keep):
-            trims[self.idx] = keep
+        def select_top(self, scores, keep):
+            trims[self.layer_idx] = keep
+            return torch.arange(keep)
 
-    for idx, level in enumerate([0.9, 0.1, 0.1]):
-        FakeLayer(idx, level)
-    allocator.finish_selection(num_kv_heads=2)
+    layers = [FakeLayer(idx, level) for idx, level in enumerate([0.9, 0.1, 0.1])]
+    allocator.reallocate(num_kv_heads=2)
     assert sum(allocator.budgets) == 3 * 24  # total fixed
     # all 120 top votes are layer 0's: it gets ratio_max * base = 40 (+ window), the rest is shared
     assert allocator.budgets == [4 + 40, 4 + 10, 4 + 10]
+    for layer in layers:
+        layer.end_step()
     assert trims == {i: b - 2 for i, b in enumerate(allocator.budgets)}
 
 

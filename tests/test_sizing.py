@@ -8,21 +8,20 @@ import pytest
 import torch
 
 from conftest import tiny_model
+from policy_table import first_row
 from streaming_llm import cache_from_config, list_policies, make_policy_config
 from streaming_llm.cli import main
+from streaming_llm.policies import is_bounded
 from streaming_llm.sizing import KVGeometry, size_to_bytes
 from streaming_llm.compat import cache_kwargs
 
-SMALL_WINDOW = dict(window_size=4, reselect_interval=4, kernel_size=3)
 TARGET = 40_000
 
 
-@pytest.mark.parametrize("policy", [p for p in list_policies() if p != "full"])
+@pytest.mark.parametrize("policy", [p for p in list_policies() if is_bounded(p)])
 def test_sized_policy_uses_at_most_and_nearly_the_target(token_stream, policy):
     model = tiny_model("llama")
-    params = SMALL_WINDOW if policy in ("snapkv", "dynamickv", "rocketkv") else {}
-    if policy == "adms":
-        params = dict(start_size=2, compressed_budget=12, enable_dynamic_sink=False, rank=4)
+    params = first_row(policy)  # small windows and mid tiers: the target is what sizes the rest
     config = size_to_bytes(make_policy_config(policy, **params), model, TARGET)
     one_slot_everywhere = KVGeometry.of(model).num_layers * KVGeometry.of(model).bytes_per_slot(config)
     peak = 0
@@ -52,3 +51,24 @@ def test_cli_equal_memory_mode(tiny_model_dir, tmp_path, capsys):
     for name in ("streaming", "tova", "h2o"):
         assert 25000 < records[name]["cache_bytes_max"] <= 30000
         assert records[name]["cache_bytes_target"] == 30000
+
+
+def test_cache_bytes_from_a_reference_policy_follow_the_dtype(tiny_model_dir, capsys):
+    """``--cache-bytes POLICY``: every bounded policy holds the bytes the reference holds on this
+    model in this dtype, so a bfloat16 run stays at equal memory without recomputing sizes."""
+    targets = {}
+    for dtype in ("float32", "bfloat16"):
+        code = main(["eval", "--model", str(tiny_model_dir), "--num-tokens", "60", "--quiet", "--json", "--dtype", dtype,
+                     "--cache-bytes", "streaming:start_size=2,recent_size=20",
+                     "--policy", "full", "streaming:start_size=2,recent_size=20", "sliding_window"])
+        assert code == 0
+        records = {r["policy"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+        assert records["sliding_window"]["params"]["window_size"] == 22  # slots cost the same in both
+        assert "cache_bytes_target" not in records["streaming"] and "cache_bytes_target" not in records["full"]
+        targets[dtype] = records["sliding_window"]["cache_bytes_target"]
+    assert targets["float32"] > targets["bfloat16"] > targets["float32"] // 2  # K/V halve, positions do not
+
+
+def test_cache_bytes_must_name_a_bounded_policy(tiny_model_dir, capsys):
+    assert main(["eval", "--model", str(tiny_model_dir), "--cache-bytes", "full", "--policy", "streaming"]) == 2
+    assert "policy 'full' is unbounded" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from conftest import FAMILIES, NaiveStreamingReference, tiny_model
+from policy_table import rows
 from streaming_llm import enable_streaming_llm, make_cache
 from streaming_llm.compat import cache_kwargs
 
@@ -80,30 +81,22 @@ def test_position_shift_matters(tiny_llama, token_stream):
     assert (a[-10:] - b[-10:]).abs().max().item() > 1e-3
 
 
-@pytest.mark.parametrize("policy,params", [
-    ("streaming", dict(start_size=4, recent_size=12)),
-    ("sliding_window", dict(window_size=16)),
-    ("full", {}),
-    ("h2o", dict(heavy_size=8, recent_size=8)),
-    ("tova", dict(cache_size=16)),
-    ("snapkv", dict(cache_size=16, window_size=4, reselect_interval=4)),
-    ("dynamickv", dict(cache_size=16, window_size=4, reselect_interval=4)),
-    ("rocketkv", dict(storage_size=16, topk=8, window_size=4, reselect_interval=4, kernel_size=5)),
-    ("adms", dict(start_size=2, recent_size=8, compressed_budget=8, enable_dynamic_sink=False, rank=4, compression_interval=3)),
-    ("adms", dict(start_size=2, recent_size=8, compressed_budget=8, enable_dynamic_sink=False, compressor_type="vq",
-                  num_clusters=3, importance_metric="attention")),
-])
-def test_generate_matches_manual_loop_and_reference(tiny_llama, token_stream, policy, params):
-    """generate() far past the window: same greedy tokens as a manual loop, and every step's
-    logits equal the naive in-cache-position reference (the old SinkCache bugs would break this)."""
+def _generate(model, cache, prompt, new_tokens):
+    return model.generate(
+        prompt, attention_mask=torch.ones_like(prompt), **cache_kwargs(model, cache), max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+    )
+
+
+@pytest.mark.parametrize("policy,params", rows())
+def test_generate_matches_a_manual_loop(tiny_llama, token_stream, policy, params):
+    """generate() far past the window gives the greedy tokens of a manual token loop: it slices its
+    inputs with ``get_seq_length()`` and builds masks from ``get_mask_sizes()``, which a cache that
+    miscounts (the old SinkCache bugs) breaks, and the budget holds all along."""
     prompt = token_stream[:, :40]  # longer than the window: the prefill itself evicts
     new_tokens = 80  # 5x the window
     with make_cache(tiny_llama, policy, **params) as cache:
-        out = tiny_llama.generate(
-            prompt, attention_mask=torch.ones_like(prompt), **cache_kwargs(tiny_llama, cache),
-            max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, output_logits=True,
-            return_dict_in_generate=True, pad_token_id=0,
-        )
+        out = _generate(tiny_llama, cache, prompt, new_tokens)
         assert max(cache.cache_tokens()) <= (cache.max_slots() or 10**9)
     generated = out.sequences[0, prompt.shape[1]:]
 
@@ -114,18 +107,46 @@ def test_generate_matches_manual_loop_and_reference(tiny_llama, token_stream, po
             step_input = logits.argmax().view(1, 1)
             manual.append(step_input.item())
     assert generated.tolist() == manual
-    if policy not in ("streaming", "sliding_window", "full"):
-        return  # the in-cache-position reference below is for position-based policies
 
-    if policy == "streaming":
-        reference = NaiveStreamingReference(tiny_llama, params["start_size"], params["recent_size"])
-    elif policy == "sliding_window":
-        reference = NaiveStreamingReference(tiny_llama, 0, params["window_size"])
-    else:
-        reference = NaiveStreamingReference(tiny_llama, 0, 10**9)
+
+#: Policies whose kept tokens are the same in every head and layer, so the naive in-cache-position
+#: reference of conftest can hold exactly them: (policy, params, its sink and window).
+POSITIONAL = [
+    ("streaming", dict(start_size=4, recent_size=12), 4, 12),
+    ("sliding_window", dict(window_size=16), 0, 16),
+    ("full", {}, 0, 10**9),
+]
+
+
+@pytest.mark.parametrize("policy,params,sink,window", POSITIONAL, ids=[p for p, *_ in POSITIONAL])
+def test_generate_logits_match_the_naive_reference(tiny_llama, token_stream, policy, params, sink, window):
+    """Every step's logits of generate() equal those of the independent naive reference, which
+    re-rotates what it keeps to in-cache positions with transformers' own RoPE."""
+    prompt = token_stream[:, :40]
+    with make_cache(tiny_llama, policy, **params) as cache:
+        out = _generate(tiny_llama, cache, prompt, 80)
+    generated = out.sequences[0, prompt.shape[1]:]
+    reference = NaiveStreamingReference(tiny_llama, sink, window)
     inputs = [prompt] + [t.view(1, 1) for t in generated[:-1]]
     worst = max(
         (gen_logits[0] - reference.step(tiny_llama, ids)[-1]).abs().max().item()
         for gen_logits, ids in zip(out.logits, inputs)
     )
     assert worst < TOL
+
+
+@pytest.mark.parametrize("policy,params", rows(lambda policy: policy not in {p for p, *_ in POSITIONAL}))
+def test_scored_policies_with_room_for_everything_equal_dynamic_cache(tiny_llama, token_stream, policy, params):
+    """The scored and compressing policies choose per head, so no naive forward can hold what they
+    keep once they evict (their selections are checked against literal references in
+    test_scored_policies.py and test_adms.py). What an independent reference can check is the path
+    they run on, the attention hook with its masks and biases: given room for the whole stream
+    they must give DynamicCache's logits."""
+    ids = token_stream[:, :48]
+    roomy = {**params, **{k: 64 for k in ("cache_size", "storage_size", "heavy_size", "recent_size", "topk")
+                          if k in params}}
+    expected = _chunked_logits(tiny_llama, DynamicCache(config=tiny_llama.config), ids, 5)
+    with make_cache(tiny_llama, policy, **roomy) as cache:
+        got = _chunked_logits(tiny_llama, cache, ids, 5)
+        assert cache.max_slots() >= ids.shape[1]
+    assert (got - expected).abs().max().item() < TOL

@@ -10,9 +10,11 @@ import re
 import pytest
 from transformers import AutoTokenizer
 
+from policy_table import rows
 from streaming_llm import make_cache
 from streaming_llm.cli import main
 from streaming_llm.data import load_text
+from streaming_llm.policies import is_bounded
 from streaming_llm.tasks import scoring
 from streaming_llm.tasks.longbench import (
     encode_example,
@@ -246,13 +248,7 @@ def test_chunked_prefill_matches_one_shot_and_bounded_cache_stays_bounded(tiny_l
         DecodeConfig(chunk_size=0)
 
 
-@pytest.mark.parametrize("policy,params", [
-    ("sliding_window", dict(window_size=32)),
-    ("h2o", dict(heavy_size=16, recent_size=16)),
-    ("tova", dict(cache_size=32)),
-    ("snapkv", dict(cache_size=48, window_size=8, reselect_interval=8)),
-    ("adms", dict(start_size=4, recent_size=16, compressed_budget=12, enable_dynamic_sink=False)),
-])
+@pytest.mark.parametrize("policy,params", rows(is_bounded))
 def test_greedy_generate_keeps_every_policy_within_its_budget(tiny_llama, policy, params):
     prompt = [3 + i % 250 for i in range(300)]
     with make_cache(tiny_llama, policy, **params) as cache:

@@ -28,7 +28,7 @@ POLICY_PARAMS = {
     "tova": {"cache_size": 12},
     "snapkv": {"cache_size": 12, "window_size": 4, "reselect_interval": 4},
     "dynamickv": {"cache_size": 12, "window_size": 4, "reselect_interval": 4},
-    "rocketkv": {"storage_size": 16, "topk": 8, "page_size": 2, "topr": 4, "window_size": 4, "kernel_size": 3},
+    "rocketkv": {"storage_size": 40, "topk": 8, "page_size": 2, "topr": 4, "window_size": 4, "kernel_size": 3},
     "adms": {"start_size": 2, "recent_size": 8, "compressed_budget": 4, "compression_interval": 4,
              "enable_dynamic_sink": False},
 }
@@ -58,7 +58,7 @@ def chunked_logits(model, make, ids, spelling, chunk=7):
 
 @pytest.fixture(scope="module")
 def ids():
-    return torch.randint(0, 256, (1, 60), generator=torch.Generator().manual_seed(3))
+    return torch.randint(0, 256, (1, 80), generator=torch.Generator().manual_seed(3))
 
 
 def test_the_installed_spelling_is_the_models_own():
@@ -82,7 +82,9 @@ def test_both_spellings_give_the_same_logits_and_tokens_on_every_family(name, id
         with make() as cache, deprecated(model, spelling):
             out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=30,
                                  min_new_tokens=30, do_sample=False, pad_token_id=0, **{spelling: cache})
-            assert cache.get_seq_length() == prompt.shape[1] + 29  # generate() used our cache
+            # generate() used our cache. (MPT's generate() feeds the whole sequence at every step, with
+            # transformers' DynamicCache too, so its cache sees more tokens.)
+            assert cache.get_seq_length() >= prompt.shape[1] + 29
         tokens[spelling] = out[0].tolist()
     assert len(set(map(tuple, tokens.values()))) == 1
 

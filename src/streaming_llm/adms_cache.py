@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .architectures import describe_model
-from .cache import BoundedCache
+from .cache import BoundedCache, build_layers
 from .policies.adms import ADMSConfig
 
 
@@ -32,15 +32,22 @@ class ADMSKVCache(BoundedCache):
                 "ADMSKVCache needs the model: ADMSKVCache(config, model) (it reads the layer count, "
                 "KV heads and rotary parameters from it); or use enable_adms_llm(model, ...)"
             )
-        from .api import attach_model_hooks, build_layers
-
         layout = describe_model(model)
-        super().__init__(layers if layers is not None else build_layers(model, config, layout), policy_name, config)
+        super().__init__(layers if layers is not None else build_layers(config, layout), policy_name, config)
         self.num_kv_heads = layout.num_kv_heads
-        self._owner, self._layout = model, layout  # custom compressors may need the hook later
         if compressor is not None:
             self.compressors = {key: compressor for key in self.compressors}
-        attach_model_hooks(self, model, layout)
+        self.attach(model, layout)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, config: ADMSConfig) -> "ADMSKVCache":
+        return cls(config, model)
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """Seed 001's ``cache.stats``: the ADMS counters summed over layers (``policy_stats``) and
+        the cache's current size in slots (largest layer) and resident bytes."""
+        return {**self.policy_stats(), "cache_tokens": max(self.cache_tokens()), "cache_bytes": self.cache_bytes()}
 
     def _adms_layers(self) -> list[int]:
         """Indices of the layers ADMS governs (a hybrid model's sliding layers keep their own window)."""
@@ -73,10 +80,7 @@ class ADMSKVCache(BoundedCache):
             if any(c is None for c in given):
                 raise ValueError(f"compressors: layer {layer_idx} needs a compressor for every KV head or none")
             layer.policy.set_head_compressors(given)
-        if self.needs_attention_hook and self._hooked_model is None:
-            from .api import attach_model_hooks
-
-            attach_model_hooks(self, self._owner, self._layout)
+        self.refresh_session()  # custom compressors may merge slots, which needs the attention hook
 
 
 __all__ = ["ADMSConfig", "ADMSKVCache"]

@@ -7,15 +7,15 @@ It serves caches whose policies need more than plain attention over the returned
   (H2O's accumulated attention, TOVA's last query, SnapKV's observation window);
 - otherwise it is plain ``scaled_dot_product_attention``, no probabilities materialised.
 
-The function is installed per model by :func:`install` (``enable_*``/``make_cache`` do it for
-policies that need it) and removed by :func:`restore`/:func:`attention_hook`; nothing happens at
-import time and no model class is patched.
+The function is installed per model by :func:`install` (the cache's
+:class:`~streaming_llm.session.Session` does it for policies that need it) and removed by
+:func:`restore`/:func:`attention_hook`; nothing happens at import time and no model class is patched.
 
-transformers passes the cache to ``Cache.update()`` but not to the attention function, so the
-cache layer hands itself over: ``BoundedLayer.update()`` calls :func:`offer` and the attention
-call that immediately follows in the same attention module takes it. The handoff is
-thread-local and checked: the keys attention receives must be the very tensor that layer returned.
-Without such a layer (another cache, or no cache) the hook is plain causal attention.
+It finds its layer as kvpress does, ``cache.layers[module.layer_idx]``, from the cache the model
+call carries: transformers gives the cache to the attention module but not to this function, so the
+session's forward pre-hook on the model notes the cache of each call, and :func:`route` maps the
+model's attention modules to that session. Without a bounded cache in the call (another cache,
+or none) the hook is plain causal attention.
 
 We register no mask function under our name, so transformers builds no mask for us and every
 layer gets its own causal-chunk mask here (layers may hold different numbers of slots).
@@ -24,7 +24,7 @@ layer gets its own causal-chunk mask here (layers may hold different numbers of 
 from __future__ import annotations
 
 import contextlib
-import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -33,24 +33,35 @@ import torch.nn.functional as F
 ATTENTION_NAME = "streaming_llm"
 
 
-class _Handoff(threading.local):
-    layer = None
+#: attention module -> the sessions open on its model (one per live cache, usually one)
+_ROUTES: "weakref.WeakKeyDictionary[torch.nn.Module, list]" = weakref.WeakKeyDictionary()
 
 
-_HANDOFF = _Handoff()
+def route(model: torch.nn.Module, session) -> list[torch.nn.Module]:
+    """Let the attention modules of ``model`` (those with a ``layer_idx``) find their layer through
+    ``session.carried``, the cache of the running call; returns the modules for :func:`unroute`."""
+    modules = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+    for module in modules:
+        _ROUTES.setdefault(module, []).append(session)
+    return modules
 
 
-def offer(layer) -> None:
-    """Called by a cache layer at the end of ``update()``: the next attention call is for it."""
-    _HANDOFF.layer = layer
+def unroute(modules: list[torch.nn.Module], session) -> None:
+    for module in modules:
+        sessions = _ROUTES.get(module, [])
+        if session in sessions:
+            sessions.remove(session)
+        if not sessions:
+            _ROUTES.pop(module, None)
 
 
-def _take(key: torch.Tensor):
-    """The layer that returned ``key``, if it offered itself; a stale offer (left by a forward
-    that did not go through this hook) is dropped. A scored layer whose attention never arrived
-    still fails loudly at its next update."""
-    layer, _HANDOFF.layer = _HANDOFF.layer, None
-    return layer if layer is not None and layer.returned_keys is key else None
+def carried_layer(module: torch.nn.Module):
+    """The cache layer ``module`` serves in this call, ``layers[module.layer_idx]`` of the bounded
+    cache the model call carries; ``None`` without one."""
+    for session in _ROUTES.get(module, ()):
+        if session.carried is not None:
+            return session.carried.layers[module.layer_idx]
+    return None
 
 
 def chunk_causal_mask(query_length: int, key_length: int, device: torch.device,
@@ -116,7 +127,7 @@ def bounded_attention(module, query, key, value, attention_mask, scaling=None, d
         raise NotImplementedError("the streaming_llm attention hook does not support soft-capped attention logits (Gemma-2) yet")
     if attention_mask is not None and attention_mask.ndim == 2 and not bool(attention_mask.all()):
         raise ValueError("padding is not supported: BoundedCache holds one stream (batch size 1, no padding)")
-    layer = _take(key)
+    layer = carried_layer(module)
     q_len, n = query.shape[-2], key.shape[-2]
     mask = chunk_causal_mask(q_len, n, query.device, kwargs.get("sliding_window"))
     bias = layer.attention_bias() if layer is not None else None

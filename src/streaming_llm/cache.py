@@ -18,17 +18,55 @@ Contract with transformers (see ``cache_utils.DynamicSlidingWindowLayer``):
 
 A chunk of ``q`` tokens attends to the ``m`` stored slots and to itself; eviction happens after
 the chunk, so chunked processing sees up to ``q - 1`` more tokens than token-by-token.
+
+A forward step ends with :meth:`BoundedCache.end_step`: work across layers (DynamicKV's shared
+budget) and the high-water marks of slots and bytes. The cache builds itself from the model
+(:meth:`BoundedCache.from_model`) and opens the :class:`~streaming_llm.session.Session` that
+installs on the model what it needs; ``disable()`` closes it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from . import attention, position_inputs
-from .policies.base import POSITION_BYTES, LayerPolicy, SlotRewrite, SlotView
+from .architectures import ModelLayout, describe_model
 from .positions import PositionStrategy
+from .protocol import POSITION_BYTES, KeepLast, LayerPolicy, SlotRewrite, SlotView
+from .session import Session
 
+
+def _own_window_layer(layout: ModelLayout, layer_idx: int) -> "BoundedLayer":
+    # W - 1 slots, as transformers' DynamicSlidingWindowLayer: the new token makes the window W.
+    # The slots stay contiguous with the newest token, so they never need re-rotating.
+    return BoundedLayer(KeepLast(layout.sliding_window - 1), None, layout.layer_types[layer_idx], is_sliding=True)
+
+
+def build_layers(config, layout: ModelLayout) -> list["BoundedLayer"]:
+    """One fresh :class:`BoundedLayer` per decoder layer of a model of ``layout``, following the
+    policy ``config`` (a :class:`~streaming_llm.policies.PolicyConfig`).
+
+    In a hybrid model (Gemma-3) sliding layers keep their own window and ``config`` governs the
+    full-attention layers (see :class:`streaming_llm.architectures.ModelLayout`).
+    """
+    governed = layout.governed_layers()
+    policies = dict(zip(governed, config.build_layer_policies(len(governed))))
+    needs_shift = config.enable_pos_shift and any(p.needs_position_shift for p in policies.values())
+    needs_rotary = any(p.needs_rotary for p in policies.values())
+    strategies = layout.position_strategies() if needs_shift or needs_rotary else None
+    layers = []
+    for i in range(layout.num_layers):
+        if i not in policies:
+            layers.append(_own_window_layer(layout, i))
+            continue
+        policy, strategy = policies[i], strategies[i] if strategies else None
+        if policy.needs_rotary:
+            policy.bind_rotary(strategy)
+        shift = strategy if needs_shift and strategy.rotates_keys else None
+        layers.append(BoundedLayer(policy, shift, layout.layer_types[i]))
+    return layers
 
 
 class BoundedLayer(CacheLayerMixin):
@@ -50,7 +88,6 @@ class BoundedLayer(CacheLayerMixin):
         self.is_sliding = is_sliding
         self.seen_tokens = 0
         self.positions = torch.empty(0, 0, dtype=torch.long)  # (H_kv, T) on CPU: original positions
-        self.returned_keys: torch.Tensor | None = None  # what the last update() gave attention
         self.returned_bias: torch.Tensor | None = None  # logit bias (H_kv, n) for those slots
         self._pending_view: SlotView | None = None  # set while an attention-scored step awaits its attention
         policy.attach(self)
@@ -88,8 +125,7 @@ class BoundedLayer(CacheLayerMixin):
         self.positions = torch.cat([self.positions, new_positions], dim=-1)
         self.seen_tokens += q
 
-        self.returned_keys = self._keys_for_attention(first_position=start - stored)
-        values_out = self.values
+        keys_out, values_out = self._keys_for_attention(first_position=start - stored), self.values
         view = SlotView(self.positions, self.seen_tokens, q, self.keys, self.values)
         # the bias must describe the returned slots, before the policy replaces them
         self.returned_bias = self.policy.logit_bias(view) if self.policy.needs_logit_bias else None
@@ -97,8 +133,7 @@ class BoundedLayer(CacheLayerMixin):
             self._pending_view = view  # selection happens in after_attention()
         else:
             self._keep(self.policy.select(view))
-        attention.offer(self)
-        return self.returned_keys, values_out
+        return keys_out, values_out
 
     def get_mask_sizes(self, query_length: "int | torch.Tensor") -> tuple[int, int]:
         # transformers < 5.4 passes the chunk's ``cache_position`` tensor instead of its length.
@@ -118,7 +153,7 @@ class BoundedLayer(CacheLayerMixin):
         return self.get_max_length()
 
     def reset(self) -> None:
-        self.keys = self.values = self.returned_keys = self.returned_bias = self._pending_view = None
+        self.keys = self.values = self.returned_bias = self._pending_view = None
         self.is_initialized = False
         self.seen_tokens = 0
         self.positions = torch.empty(0, 0, dtype=torch.long)
@@ -166,9 +201,9 @@ class BoundedLayer(CacheLayerMixin):
         recall = 0 if self.memory is None else self.memory.active_bytes()  # recall slots are active too
         return kv + self.positions.numel() * POSITION_BYTES + self.policy.state_bytes() + recall
 
-    def keep(self, keep: torch.Tensor | None) -> None:
-        """Keep slots ``keep`` (see :meth:`_keep`); for policies that trim outside an update."""
-        self._keep(keep)
+    def end_step(self) -> None:
+        """The policy's end-of-step selection (see :meth:`LayerPolicy.end_step`)."""
+        self._keep(self.policy.end_step())
 
     def _keep(self, keep: "torch.Tensor | SlotRewrite | None") -> None:
         """Keep slots ``keep``: ``(T',)`` in every head, ``(H_kv, T')`` per head, or new slots."""
@@ -206,43 +241,65 @@ class BoundedLayer(CacheLayerMixin):
         return torch.cat([shifted, self.keys[..., end:, :]], dim=-2)
 
 
+@dataclass(frozen=True)
+class HighWater:
+    """The largest cache seen at the end of a forward step since the stream began: slots of the
+    fullest layer, bytes of all layers together, and bytes per layer type."""
+
+    slots: int = 0
+    bytes: int = 0
+    bytes_by_layer_type: dict[str, int] = field(default_factory=dict)
+
+
 class BoundedCache(Cache):
     """A ``transformers.Cache`` with one :class:`BoundedLayer` per decoder layer.
 
-    Build it with :func:`streaming_llm.make_cache` or an ``enable_*`` function; pass it as
-    ``cache`` (transformers >= 5.24) or ``past_key_values`` to ``model(...)`` or ``model.generate(...)``.
+    Build it with :func:`streaming_llm.make_cache`, an ``enable_*`` function or
+    :meth:`from_model`; pass it as ``cache`` (transformers >= 5.24) or ``past_key_values`` to
+    ``model(...)`` or ``model.generate(...)``.
     """
 
     def __init__(self, layers: list[BoundedLayer], policy_name: str = "", config=None):
         super().__init__(layers=layers)
         self.policy_name = policy_name
         self.config = config
-        self._hooked_model: torch.nn.Module | None = None
-        self._model: torch.nn.Module | None = None  # set by attach_hook
-        self._previous_attention: str | None = None
-        self._position_hook = None  # set by attach_position_inputs
-        self.max_positions: int | None = None
+        self.max_positions: int | None = None  # learned positions of the model (see input_positions)
+        self._session: Session | None = None
+        # the layers with end-of-step work, found once (most policies have none)
+        self._cross_layer = [layer for layer in layers if type(layer.policy).end_step is not LayerPolicy.end_step]
+        self._last_layer = -1  # layer updated last in the open step; -1: no step open
+        self._high_water = HighWater()
 
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, config) -> "BoundedCache":
+        """A fresh cache for ``model`` following a validated policy ``config``, with its session
+        open on ``model`` (attention implementation and hooks as the policy needs)."""
+        layout = describe_model(model)
+        return cls(build_layers(config, layout), policy_name=config.name, config=config).attach(model, layout)
+
+    # -- the model side --------------------------------------------------------------------
     @property
     def needs_attention_hook(self) -> bool:
         """Whether some layer's policy needs the attention hook (scores or logit biases)."""
         return any(layer.policy.needs_attention or layer.policy.needs_logit_bias or layer.memory is not None
                    for layer in self.layers)
 
-    def attach_hook(self, model: torch.nn.Module) -> None:
-        """Route ``model``'s attention through the hook (done by ``make_cache`` when needed)."""
-        self._model = model
-        previous = attention.install(model)
-        if self._hooked_model is None:
-            self._hooked_model, self._previous_attention = model, previous
+    def attach(self, model: torch.nn.Module, layout: ModelLayout | None = None) -> "BoundedCache":
+        """Open the :class:`~streaming_llm.session.Session` that installs on ``model`` what this
+        cache needs (done by :meth:`from_model`); :meth:`disable` closes it. Returns the cache."""
+        if self._session is not None:
+            raise RuntimeError("this cache is already attached to a model; call disable() first")
+        layout = layout or describe_model(model)
+        prepare = getattr(self.config, "prepare_cache", None)  # e.g. the memory tier joins its stores to the layers
+        if prepare is not None:
+            prepare(self, layout)
+        self._session = Session(model, self, layout).open()
+        return self
 
-    def attach_position_inputs(self, model: torch.nn.Module, max_positions: int | None) -> None:
-        """Feed ``model`` in-cache positions (:meth:`input_positions`) whenever it runs with this
-        cache (done by ``make_cache`` for learned absolute positions, see
-        :mod:`streaming_llm.position_inputs`)."""
-        self.max_positions = max_positions
-        if self._position_hook is None:
-            self._position_hook = position_inputs.install(model, self)
+    def refresh_session(self) -> None:
+        """Install what the cache needs now (e.g. after custom compressors that bias logits)."""
+        if self._session is not None:
+            self._session.sync()
 
     def input_positions(self, query_length: int) -> torch.Tensor:
         """``(1, q)`` positions of the next chunk: its indices inside the cache, after the stored slots."""
@@ -256,14 +313,11 @@ class BoundedCache(Cache):
         return torch.arange(stored, stored + query_length)[None]
 
     def disable(self) -> None:
-        """Give the model back what this cache installed: its attention implementation, and its own
-        position ids for learned absolute positions. Do not use the cache on the model afterwards."""
-        if self._hooked_model is not None:
-            attention.restore(self._hooked_model, self._previous_attention)
-            self._hooked_model = None
-        if self._position_hook is not None:
-            self._position_hook.remove()
-            self._position_hook = None
+        """Give the model back what this cache's session installed: its attention implementation,
+        its hooks. Do not use the cache on the model afterwards."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     def __enter__(self) -> "BoundedCache":
         return self
@@ -271,6 +325,49 @@ class BoundedCache(Cache):
     def __exit__(self, *exc) -> None:
         self.disable()
 
+    # -- steps -----------------------------------------------------------------------------
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if layer_idx <= self._last_layer:
+            # a new step began and nothing ended the last one (the call did not go through the
+            # model the session hooks, e.g. a submodule): end it now, before this layer stores more
+            self.end_step()
+        self._last_layer = layer_idx
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    def end_step(self) -> None:
+        """End the forward step: the policies' work across layers, then the high-water marks.
+
+        The session calls it after every model call that carries this cache (``generate()`` and
+        hand-written loops alike); it does nothing when no layer was updated since the last call.
+        """
+        if self._last_layer < 0:
+            return
+        self._last_layer = -1
+        for layer in self._cross_layer:
+            layer.end_step()
+        self._note_high_water()
+
+    def _note_high_water(self) -> None:
+        # from tensor shapes, so no device sync (a policy's own stored_bytes() must not sync either)
+        mark = self._high_water
+        by_type = self.cache_bytes_by_layer_type()
+        self._high_water = HighWater(
+            max(mark.slots, max(self.cache_tokens(), default=0)),
+            max(mark.bytes, sum(by_type.values())),
+            {t: max(b, mark.bytes_by_layer_type.get(t, 0)) for t, b in by_type.items()},
+        )
+
+    @property
+    def high_water(self) -> HighWater:
+        """The largest cache at the end of any step of this stream (see :class:`HighWater`)."""
+        return self._high_water
+
+    def reset(self) -> None:
+        super().reset()
+        self._last_layer = -1
+        self._high_water = HighWater()
+
+    # -- sizes and counters ----------------------------------------------------------------
     def cache_tokens(self, layer_idx: int | None = None) -> int | list[int]:
         """Slots stored in ``layer_idx``, or a list over layers when ``layer_idx`` is None."""
         if layer_idx is not None:
@@ -303,6 +400,19 @@ class BoundedCache(Cache):
     def passive_bytes(self) -> int:
         """Bytes of the memory tier's passive stores (not in :meth:`cache_bytes`; 0 without memory)."""
         return sum(layer.memory.passive_bytes() for layer in self.layers if layer.memory is not None)
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """:meth:`policy_stats` plus ``tokens_seen``, the current ``slots`` (fullest layer) and
+        ``bytes`` (all layers), and their high-water marks ``slots_max`` and ``bytes_max``."""
+        return {
+            **self.policy_stats(),
+            "tokens_seen": self.get_seq_length(),
+            "slots": max(self.cache_tokens(), default=0),
+            "slots_max": self._high_water.slots,
+            "bytes": self.cache_bytes(),
+            "bytes_max": self._high_water.bytes,
+        }
 
     def max_slots(self) -> int | None:
         """Per-layer slot budget after any update (``None`` = unbounded)."""

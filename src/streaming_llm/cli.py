@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_args import add_run_arguments
+from .checks import check_int
+from .cli_args import (add_executor_arguments, add_run_arguments, apply_set, executor_from_args, memory_for,
+                       memory_target)
 from .data import DEFAULT_TEXT, list_builtin_texts, load_text
 from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_reuse
 from .evaluation.runs import SUMMARY_COLUMNS, RunSpec
@@ -24,29 +26,6 @@ from .tasks.benchmark_cli import add_benchmark_parser
 from .tasks.cli import add_tasks_parser
 
 log = logging.getLogger("streaming_llm")
-
-
-def _parse_set(items: list[str], specs: list[RunSpec]) -> list[RunSpec]:
-    """Apply ``--set KEY=VALUE`` (every policy that has KEY) and ``--set POLICY.KEY=VALUE``."""
-    names = {s.policy for s in specs}
-    per_policy: dict[str, dict[str, str]] = {name: {} for name in names}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE or POLICY.KEY=VALUE; got {item!r}")
-        target, dot, field = key.partition(".")
-        if dot:
-            if target not in names:
-                raise ValueError(f"--set {item!r}: policy {target!r} is not among --policy ({', '.join(sorted(names))})")
-            per_policy[target][field] = value
-            continue
-        takers = [n for n in names if key in get_policy_config_class(n).parameter_names()]
-        if not takers:
-            allowed = sorted({p for n in names for p in get_policy_config_class(n).parameter_names()})
-            raise ValueError(f"--set {item!r}: no selected policy has parameter {key!r}; allowed: {', '.join(allowed)}")
-        for name in takers:
-            per_policy[name][key] = value
-    return [spec.with_params(per_policy[spec.policy]) for spec in specs]
 
 
 def _summary_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -72,11 +51,9 @@ def _write_reports(output_dir: Path, records: list[dict[str, Any]], command: str
 
 
 def _eval_jobs(args: argparse.Namespace) -> list[Job]:
-    specs = _parse_set(args.set or [], [RunSpec.parse(p) for p in args.policy])
-    if args.num_tokens < 2:
-        raise ValueError(f"--num-tokens must be an integer >= 2; got {args.num_tokens}")
-    if args.chunk_size < 1:
-        raise ValueError(f"--chunk-size must be an integer >= 1; got {args.chunk_size}")
+    specs = apply_set(args.set or [], [RunSpec.parse(p) for p in args.policy])
+    check_int("--num-tokens", args.num_tokens, 2)
+    check_int("--chunk-size", args.chunk_size, 1)
     source = StreamSource(model=args.model, text=None if args.dataset else (args.text or DEFAULT_TEXT),
                           dataset=args.dataset, dataset_config=args.dataset_config, split=args.split,
                           num_samples=args.num_samples, num_tokens=args.num_tokens,
@@ -85,8 +62,12 @@ def _eval_jobs(args: argparse.Namespace) -> list[Job]:
     if args.dataset is None:
         load_text(source.text)  # a missing file fails now, before the model loads
     # Job validates every policy before anything is loaded
-    return [Job(source, spec, settings, cache_bytes=None if spec.policy == "full" else args.cache_bytes)
-            for spec in specs]
+    target = memory_target(args.cache_bytes)
+    jobs = []
+    for spec in specs:
+        cache_bytes, reference = memory_for(spec, target)
+        jobs.append(Job(source, spec, settings, cache_bytes=cache_bytes, equal_memory_to=reference))
+    return jobs
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -103,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.json:
         print(console_table([_summary_row(r) for r in records], SUMMARY_COLUMNS))
     if output_dir is not None:
-        _write_reports(output_dir, records, " ".join(map(shlex.quote, ["streaming-llm", *sys.argv[1:]])))
+        _write_reports(output_dir, records, shlex.join(["streaming-llm", *args.argv]))
         if not args.json:
             print(f"\nreport: {output_dir / 'results.md'}")
     return 0
@@ -118,13 +99,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for item in args.scenarios or []:
         for part in split_scenario_lines(item):
             (lines if "=" in part else named).append(part)
-    executor = None
-    if args.ray:
-        from .sweep.ray_executor import RayExecutor
-
-        executor = RayExecutor(address=args.address, num_cpus=args.ray_cpus)
-    elif args.address:
-        raise ValueError("--address needs --ray")
+    executor = executor_from_args(args, None)
     outcome = run_sweep(grid, args.output_root, scenarios=named or None, profiles=args.profiles or None,
                         extra_scenarios=[grid.scenario_from_line(line) for line in lines], force=args.force,
                         executor=executor, progress=not args.quiet)
@@ -177,9 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "them (default: the grid's default scenarios)")
     sw.add_argument("--profiles", nargs="+", metavar="NAME", help="profiles of the grid (default: the grid's)")
     sw.add_argument("--force", action="store_true", help="rerun runs whose records or summary.json exist")
-    sw.add_argument("--ray", action="store_true", help="run each run as a Ray task (pip install 'streaming_llm[ray]')")
-    sw.add_argument("--address", default=None, help="with --ray: an existing cluster (e.g. auto, ray://host:10001)")
-    sw.add_argument("--ray-cpus", type=int, default=None, help="with --ray and no --address: CPUs of the local Ray")
+    add_executor_arguments(sw, "run")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     sw.set_defaults(func=cmd_sweep)
 
@@ -213,6 +186,7 @@ def disable_library_progress_bars() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what reports quote as the command
     quiet = getattr(args, "quiet", False)
     configure_console_logging(quiet)
     if quiet:

@@ -9,21 +9,14 @@ absolute position, so ``full`` is unchanged.
 
 The model derives ``position_ids`` from ``get_seq_length()`` (tokens seen, which ``generate()``
 and the masks rely on), and ``generate()`` passes absolute ``position_ids`` it increments itself,
-so the one public place to choose them is the call: a forward pre-hook on the model
-(``torch.nn.Module.register_forward_pre_hook``) sets ``position_ids`` when the call carries this
-cache (as ``past_key_values=`` or, from transformers 5.24, ``cache=``) and leaves every other call
-alone. It is removed by
-``cache.disable()`` (or leaving ``with make_cache(...)``), or when the cache is garbage collected.
+so the one public place to choose them is the call: the session's forward pre-hook on the model
+(:mod:`streaming_llm.session`) sets ``position_ids`` with :func:`with_positions` when the call
+carries the cache and leaves every other call alone.
 """
 
 from __future__ import annotations
 
-import weakref
-
 import torch
-from torch.utils.hooks import RemovableHandle
-
-from .compat import carries
 
 
 def _inputs(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -41,18 +34,7 @@ def _inputs(args: tuple, kwargs: dict) -> torch.Tensor:
     return tokens
 
 
-def install(model: torch.nn.Module, cache) -> RemovableHandle:
-    """Make every ``model(...)`` call that carries ``cache`` use ``cache.input_positions(q)``."""
-    cache_ref = weakref.ref(cache)  # the hook must not keep a discarded cache alive
-
-    def set_positions(module, args, kwargs):
-        owner = cache_ref()
-        if owner is None or not carries(args, kwargs, owner):
-            return None
-        inputs = _inputs(args, kwargs)
-        positions = owner.input_positions(inputs.shape[1]).to(inputs.device)
-        return args, {**kwargs, "position_ids": positions}
-
-    handle = model.register_forward_pre_hook(set_positions, with_kwargs=True)
-    weakref.finalize(cache, handle.remove)
-    return handle
+def with_positions(cache, args: tuple, kwargs: dict) -> dict:
+    """``kwargs`` of a model call carrying ``cache``, with ``position_ids`` set to ``cache.input_positions(q)``."""
+    inputs = _inputs(args, kwargs)
+    return {**kwargs, "position_ids": cache.input_positions(inputs.shape[1]).to(inputs.device)}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import check_int
 from .architectures import describe_model
 from .policies import PolicyConfig
 from .policies.base import POSITION_BYTES
@@ -48,8 +49,7 @@ class KVGeometry:
 def size_to_bytes(config: PolicyConfig, model: torch.nn.Module, cache_bytes: int) -> PolicyConfig:
     """``config`` resized so the whole cache holds at most ``cache_bytes`` bytes (a hybrid model's
     own-window layers take their fixed share first; the policy's layers split the rest)."""
-    if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 1:
-        raise ValueError(f"cache_bytes must be an integer >= 1; got {cache_bytes!r}")
+    check_int("cache_bytes", cache_bytes, 1)
     geometry = KVGeometry.of(model)
     left = cache_bytes - geometry.own_window_bytes()
     if left < 1:
@@ -70,7 +70,7 @@ def cache_bytes_of(config: PolicyConfig, model: torch.nn.Module) -> int:
 
 def size_for_comparison(config: PolicyConfig, model: torch.nn.Module, cache_bytes: int | None) -> PolicyConfig:
     """``config`` sized to ``cache_bytes`` for an equal-memory comparison; unchanged when no
-    target is given or the policy is the unbounded ``full`` reference."""
-    if cache_bytes is None or config.name == "full":
+    target is given or the policy is unbounded (the reference, e.g. ``full``)."""
+    if cache_bytes is None or not config.bounded:
         return config
     return size_to_bytes(config, model, cache_bytes)

@@ -90,6 +90,11 @@ class Compressor(ABC):
     #: ``log(count)``, which takes the attention hook).
     merges_tokens: bool = True
 
+    #: After :meth:`compress`: the output point each input point went into ``(H, n)``, -1 for
+    #: points dropped (ADM++'s replay, calibration and controller read it); ``None`` when the
+    #: compressor cannot say (custom compressors).
+    last_assignment: torch.Tensor | None = None
+
     @abstractmethod
     def compress(self, points: PointSet, capacity: torch.Tensor) -> PointSet:
         """``points`` ``(H, n)`` -> at most ``capacity`` ``(H,)`` non-empty points per head."""
@@ -102,11 +107,29 @@ class Compressor(ABC):
         return real * (row + 4)
 
 
-def pad_to_common_size(points: PointSet, keep: torch.Tensor) -> PointSet:
-    """The points flagged by ``keep`` ``(H, n)`` bool, packed first in each head (in their
-    order) and padded with empty points to the largest per-head count."""
+def pack(points: PointSet, keep: torch.Tensor) -> tuple[PointSet, torch.Tensor]:
+    """The points flagged by ``keep`` ``(H, n)`` bool, packed first in each head (in their order)
+    and padded with empty points to the largest per-head count; and for every input point its
+    index in the packed set ``(H, n)`` (-1 where not kept)."""
     size = int(keep.sum(dim=-1).max()) if keep.numel() else 0
     order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[:, :size]
     packed = points.gather(order)
-    packed.counts = packed.counts * keep.gather(1, order)
-    return packed
+    kept = keep.gather(1, order)
+    packed.counts = packed.counts * kept
+    slots = torch.arange(size, device=keep.device).expand_as(order)
+    index = torch.full(keep.shape, -1, dtype=torch.long, device=keep.device)
+    index.scatter_(1, order, torch.where(kept, slots, -1))
+    return packed, index
+
+
+def pad_to_common_size(points: PointSet, keep: torch.Tensor) -> PointSet:
+    """The points flagged by ``keep`` ``(H, n)`` bool, packed first in each head (in their
+    order) and padded with empty points to the largest per-head count."""
+    return pack(points, keep)[0]
+
+
+def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Follow an index map ``(H, n) -> [0, m) or -1`` with another ``(H, m) -> [0, k) or -1``."""
+    if second.shape[1] == 0:
+        return torch.full_like(first, -1)
+    return torch.where(first >= 0, second.gather(1, first.clamp(min=0)), -1)

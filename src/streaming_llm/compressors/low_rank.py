@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..selection import coverage_ranking
-from .base import Compressor, PointSet, pad_to_common_size
+from .base import Compressor, PointSet, pack
 
 
 def low_rank_approximation(x: torch.Tensor, rank: int, max_rows: int) -> tuple[torch.Tensor, int]:
@@ -62,7 +62,9 @@ class LowRankCompressor(Compressor):
         )[:, :width]
         chosen = points.gather(ranking)
         keep = (chosen.counts > 0) & (torch.arange(width, device=capacity.device) < capacity[:, None])
-        tier = pad_to_common_size(chosen, keep)
+        tier, slot_of_chosen = pack(chosen, keep)
+        self.last_assignment = torch.full(present.shape, -1, dtype=torch.long, device=present.device)
+        self.last_assignment.scatter_(1, ranking, slot_of_chosen)
         # empty rows are zero so they do not tilt the bases
         live = (tier.counts > 0).unsqueeze(-1)
         tier.keys, self.rank_used = low_rank_approximation(tier.keys * live, self.rank, self.svd_max_tokens)

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import torch
 
-from .base import Compressor, PointSet, pad_to_common_size, weighted_means
+from .base import Compressor, PointSet, compose, pack, weighted_means
 
 
 class SummaryCompressor(Compressor):
     def compress(self, points: PointSet, capacity: torch.Tensor) -> PointSet:
         present = points.counts > 0
         if bool((present.sum(dim=-1) <= capacity).all()):
-            return pad_to_common_size(points, present)
+            tier, self.last_assignment = pack(points, present)
+            return tier
         order = torch.argsort(points.positions.masked_fill(~present, float("inf")), dim=-1, stable=True)
         ordered = points.gather(order)
         cumulative = ordered.counts.cumsum(dim=-1)
@@ -28,4 +29,8 @@ class SummaryCompressor(Compressor):
         segment = ((cumulative - ordered.counts / 2) * capacity[:, None] / total).floor().long()
         segment = segment.clamp(min=0).minimum(capacity[:, None] - 1).clamp(min=0)
         merged = weighted_means(ordered, segment, groups)
-        return pad_to_common_size(merged, merged.counts > 0)
+        tier, slot_of_merged = pack(merged, merged.counts > 0)
+        # back from the time order to the input order
+        by_input = torch.empty_like(segment).scatter_(1, order, segment)
+        self.last_assignment = compose(torch.where(present, by_input, -1), slot_of_merged)
+        return tier

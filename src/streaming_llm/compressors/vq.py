@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Compressor, PointSet, pad_to_common_size, weighted_means
+from .base import Compressor, PointSet, compose, pack, weighted_means
 
 
 def kmeans_assignment(
@@ -49,8 +49,11 @@ class VQCompressor(Compressor):
         clusters = capacity.clamp(max=self.num_clusters)
         present = points.counts > 0
         if bool((present.sum(dim=-1) <= clusters).all()):
-            return pad_to_common_size(points, present)  # nothing to merge yet
+            tier, self.last_assignment = pack(points, present)  # nothing to merge yet
+            return tier
         assignment = kmeans_assignment(points.keys, points.counts, clusters, self.iterations)
         merged = weighted_means(points, assignment, int(clusters.max()))
         active = torch.arange(merged.size, device=clusters.device) < clusters[:, None]  # heads with capacity 0 get none
-        return pad_to_common_size(merged, (merged.counts > 0) & active)
+        tier, slot_of_merged = pack(merged, (merged.counts > 0) & active)
+        self.last_assignment = compose(torch.where(present, assignment, -1), slot_of_merged)
+        return tier

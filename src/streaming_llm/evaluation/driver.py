@@ -30,7 +30,7 @@ class StreamResult:
 
     nll: list[float] = field(default_factory=list)
     cache_tokens: list[int] = field(default_factory=list)  # per step: max slots over layers
-    cache_bytes: list[int] = field(default_factory=list)  # per step: bytes over all layers
+    cache_bytes_max: int = 0  # largest bytes over all layers at the end of a step (the cache's high-water mark)
     #: largest bytes seen per layer type (``full_attention``; Gemma-3 also ``sliding_attention``)
     cache_bytes_max_by_layer_type: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -76,6 +76,7 @@ def stream(
     reset_peak_memory(device)
     num_predictions = ids.shape[1] - 1
     bar = tqdm(total=num_predictions, desc=description, unit="tok", disable=not progress, leave=False)
+    nlls: list[torch.Tensor] = []  # stay on the device until the end: no sync per step
     cache_arg = cache_kwargs(model, cache)
     _synchronize(device)
     start = time.perf_counter()
@@ -83,18 +84,18 @@ def stream(
         end = min(begin + chunk_size, num_predictions)
         logits = model(input_ids=ids[:, begin:end], **cache_arg, use_cache=True).logits[0]
         targets = ids[0, begin + 1 : end + 1]
-        nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
-        result.nll.extend(nll.tolist())
-        result.cache_tokens.append(max(cache.cache_tokens()))
-        result.cache_bytes.append(cache.cache_bytes())
-        for layer_type, size in cache.cache_bytes_by_layer_type().items():
-            result.cache_bytes_max_by_layer_type[layer_type] = max(size, result.cache_bytes_max_by_layer_type.get(layer_type, 0))
+        nlls.append(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none"))
+        result.cache_tokens.append(max(cache.cache_tokens()))  # slot counts are shapes: no device sync
         bar.update(end - begin)
-        if bar.n % 256 < chunk_size:
-            bar.set_postfix(ppl=f"{result.ppl():.2f}", cache=result.cache_tokens[-1])
+        if progress and bar.n % 256 < chunk_size:  # one sync per 256 tokens, only with a progress bar
+            bar.set_postfix(ppl=f"{torch.cat(nlls).mean().exp().item():.2f}", cache=result.cache_tokens[-1])
     _synchronize(device)
     result.seconds = time.perf_counter() - start
     bar.close()
+    result.nll = torch.cat(nlls).tolist()
+    # bytes are read once, from the marks the cache kept at the end of every step
+    result.cache_bytes_max = cache.high_water.bytes
+    result.cache_bytes_max_by_layer_type = dict(cache.high_water.bytes_by_layer_type)
     result.peak_rss_bytes = peak_rss_bytes()
     result.peak_device_bytes = peak_device_bytes(device)
     return result

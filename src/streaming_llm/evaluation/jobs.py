@@ -10,8 +10,6 @@ Running a job (:func:`execute_job`) loads the model and the stream through a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +17,10 @@ from typing import Any
 
 import torch
 
+from ..checks import check_int
 from ..data import DEFAULT_TEXT, tokenize_stream
 from ..models import DEFAULT_MODEL, DTYPES, load_model
-from ..report import write_json
+from ..runs import RunStore, job_key
 from ..sizing import cache_bytes_of, size_for_comparison
 from .runs import RunSpec, run_identity, run_perplexity
 
@@ -44,10 +43,8 @@ class StreamSource:
     def __post_init__(self) -> None:
         if self.text is not None and self.dataset is not None:
             raise ValueError(f"give text or dataset, not both; got text={self.text!r}, dataset={self.dataset!r}")
-        if isinstance(self.num_tokens, bool) or not isinstance(self.num_tokens, int) or self.num_tokens < 2:
-            raise ValueError(f"num_tokens must be an integer >= 2; got {self.num_tokens!r}")
-        if self.num_samples is not None and (not isinstance(self.num_samples, int) or self.num_samples < 1):
-            raise ValueError(f"num_samples must be an integer >= 1 or None; got {self.num_samples!r}")
+        check_int("num_tokens", self.num_tokens, 2)
+        check_int("num_samples", self.num_samples, 1, optional=True)
 
     @property
     def label(self) -> str:
@@ -78,8 +75,7 @@ class RunSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be an integer >= 1; got {self.chunk_size!r}")
+        check_int("chunk_size", self.chunk_size, 1)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if not isinstance(self.seed, int):
@@ -107,10 +103,7 @@ class Job:
             self.equal_memory_to.config()
         if self.cache_bytes is not None and self.equal_memory_to is not None:
             raise ValueError("give cache_bytes or equal_memory_to, not both")
-        if self.cache_bytes is not None and (
-            isinstance(self.cache_bytes, bool) or not isinstance(self.cache_bytes, int) or self.cache_bytes < 1
-        ):
-            raise ValueError(f"cache_bytes must be an integer >= 1; got {self.cache_bytes!r}")
+        check_int("cache_bytes", self.cache_bytes, 1, optional=True)
 
     def definition(self) -> dict[str, Any]:
         """Everything that determines the run's results (labels excluded)."""
@@ -128,17 +121,30 @@ class Job:
     @property
     def key(self) -> str:
         """Stable file name of the job's record: ``POLICY-<hash of definition()>``."""
-        blob = json.dumps(self.definition(), sort_keys=True, default=str).encode()
-        return f"{self.spec.policy}-{hashlib.sha256(blob).hexdigest()[:16]}"
+        return job_key(self.spec.policy, self.definition())
+
+    def sort_key(self) -> tuple[str, str, str]:
+        """Jobs sorted by this run one model after another (each loaded once)."""
+        return (self.source.model, self.settings.dtype, self.settings.device)
+
+    def execute(self, workspace: "Workspace", progress: bool = True) -> dict[str, Any]:
+        return execute_job(self, workspace, progress=progress)
 
 
 class Workspace:
-    """Keeps the most recently loaded model and the token streams made with its tokenizer."""
+    """Keeps the most recently loaded model and what was made with its tokenizer (token streams,
+    tokenized haystacks), so consecutive units on one model share them."""
 
     def __init__(self) -> None:
         self._model_key: tuple[str, str, str] | None = None
         self._model = self._tokenizer = None
-        self._streams: dict[StreamSource, list[int]] = {}
+        self._streams: dict[Any, Any] = {}
+
+    def cached(self, key: Any, make):
+        """``make()`` once per key for the current model (forgotten when another model loads)."""
+        if key not in self._streams:
+            self._streams[key] = make()
+        return self._streams[key]
 
     def model(self, name: str, dtype: str, device: str):
         key = (name, dtype, device)
@@ -151,12 +157,14 @@ class Workspace:
 
     def stream(self, source: StreamSource, settings: RunSettings) -> tuple[Any, list[int]]:
         model, tokenizer = self.model(source.model, settings.dtype, settings.device)
-        if source not in self._streams:
+
+        def tokenize() -> list[int]:
             ids = source.token_ids(tokenizer)
             if len(ids) < source.num_tokens:
                 log.warning("%s has only %d tokens (asked for %d)", source.label, len(ids), source.num_tokens)
-            self._streams[source] = ids
-        return model, self._streams[source]
+            return ids
+
+        return model, self.cached(source, tokenize)
 
 
 def model_info(model: torch.nn.Module) -> dict[str, Any]:
@@ -202,15 +210,19 @@ def execute_job(job: Job, workspace: Workspace | None = None, progress: bool = T
     return record
 
 
+#: fields every eval record has; a record without them is damaged and is run again
+RECORD_FIELDS = ("policy", "params", "tokens", "ppl", "cache_bytes_max", "job_key")
+
+
+def eval_store(runs_dir: str | Path) -> RunStore:
+    """Where eval and sweep keep their records: ``runs_dir/<job key>.json``."""
+    return RunStore(runs_dir, RECORD_FIELDS)
+
+
 def run_or_reuse(job: Job, runs_dir: Path | None, workspace: Workspace, *, force: bool = False,
                  progress: bool = True) -> dict[str, Any]:
     """The record of ``job``: read from ``runs_dir/<key>.json`` when it exists (unless ``force``),
     else run it and write it there atomically before returning."""
-    path = None if runs_dir is None else Path(runs_dir) / f"{job.key}.json"
-    if path is not None and path.is_file() and not force:
-        log.info("%s: reusing %s (force to rerun)", job.spec.policy, path)
-        return json.loads(path.read_text())
-    record = execute_job(job, workspace, progress=progress)
-    if path is not None:
-        write_json(path, record)
-    return record
+    if runs_dir is None:
+        return execute_job(job, workspace, progress=progress)
+    return eval_store(runs_dir).get_or_run(job.key, lambda: execute_job(job, workspace, progress=progress), force)[0]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import platform
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ import torch
 
 from ..api import cache_from_config
 from ..policies import PolicyConfig, make_policy_config
+from ..runs import job_key
 from .driver import stream
 
 #: Columns of the summary tables, in order.
@@ -50,6 +49,14 @@ class RunSpec:
     def config(self) -> PolicyConfig:
         return make_policy_config(self.policy, **dict(self.params))
 
+    @property
+    def bounded(self) -> bool:
+        return self.config().bounded
+
+    def text(self) -> str:
+        """The ``NAME:KEY=VALUE,...`` form that :meth:`parse` reads."""
+        return self.policy + (":" + ",".join(f"{k}={v}" for k, v in self.params) if self.params else "")
+
 
 def library_versions() -> dict[str, str]:
     import transformers
@@ -66,8 +73,7 @@ def library_versions() -> dict[str, str]:
 
 def run_id(identity: dict[str, Any]) -> str:
     """Stable id of a run from everything that defines it (not its results)."""
-    blob = json.dumps(identity, sort_keys=True, default=str).encode()
-    return f"{identity['policy']}-{hashlib.sha256(blob).hexdigest()[:12]}"
+    return job_key(identity["policy"], identity)
 
 
 def run_identity(config: PolicyConfig, *, model: str, text: str, tokens: int, chunk_size: int, dtype: str,
@@ -125,7 +131,7 @@ def run_perplexity(model, token_ids: list[int], config: PolicyConfig, identity: 
         "tok_per_s": result.tok_per_s,
         "seconds": result.seconds,
         "cache_tokens_max": max(result.cache_tokens),
-        "cache_bytes_max": max(result.cache_bytes),
+        "cache_bytes_max": result.cache_bytes_max,
         "cache_bytes_max_by_layer_type": result.cache_bytes_max_by_layer_type,
         "cache_budget_tokens": cache.max_slots(),
         "policy_stats": cache.policy_stats(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..policies.base import check_int
+from ..checks import check_int
 
 SUMMARIES = ("representative", "minmax")
 PLACEMENTS = ("beyond_window", "ordered")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..policies.base import POSITION_BYTES, SlotRewrite
+from ..protocol import POSITION_BYTES, SlotRewrite
 from .config import MemoryConfig
 from .placement import recall_positions
 from .store import BlockStore

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..policies.base import POSITION_BYTES
+from ..protocol import POSITION_BYTES
 
 INT8_MAX = 127.0
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import typing
 
 
 
-from ..policies.base import POSITION_BYTES, PolicyConfig
+from ..protocol import POSITION_BYTES
 from ..positions import UnsupportedModelError
 from .config import MemoryConfig
 from .layer import LayerMemory
@@ -58,7 +59,7 @@ class MemoryWrapped:
         """Bytes per layer of the recall slots on the active device."""
         return self.memory.recall_slots * self.recall_slot_bytes(geometry)
 
-    def sized_to_bytes(self, geometry, layer_bytes: int) -> PolicyConfig:
+    def sized_to_bytes(self, geometry, layer_bytes: int) -> "PolicyConfig":
         left = layer_bytes - self.recall_bytes(geometry)
         if left < 1:
             raise ValueError(
@@ -68,12 +69,20 @@ class MemoryWrapped:
             )
         return super().sized_to_bytes(geometry, left)
 
+    def __reduce__(self):
+        return _rebuild, (self.name, dataclasses.asdict(self))
+
+    def prepare_cache(self, cache, layout) -> None:
+        """Called by ``BoundedCache.attach`` before the session opens: give the layers their stores."""
+        if all(layer.memory is None for layer in cache.layers):
+            attach_memory(cache, layout)
+
     def max_cache_bytes(self, geometry) -> int:
         return super().max_cache_bytes(geometry) + geometry.num_layers * self.recall_bytes(geometry)
 
 
 @functools.cache
-def with_memory(config_class: type[PolicyConfig]) -> type[PolicyConfig]:
+def with_memory(config_class: type) -> type:
     """The ``<name>+memory`` config class wrapping ``config_class``."""
     if issubclass(config_class, MemoryWrapped):
         raise ValueError(f"policy {config_class.name!r} already has memory")
@@ -85,18 +94,14 @@ def with_memory(config_class: type[PolicyConfig]) -> type[PolicyConfig]:
                                      namespace={"name": config_class.name + SUFFIX, "inner_class": config_class,
                                                 "__doc__": f"{config_class.name} with the memory tier: "
                                                            f"see {config_class.__name__} and MemoryConfig."})
-    cls.__module__ = __name__  # so pickling (Ray workers) finds it through this module's __getattr__
+    cls.__module__ = __name__
     return cls
 
 
-def __getattr__(name: str):
-    if name.endswith("WithMemory"):
-        from ..policies import REGISTRY
-
-        for config_class in REGISTRY.values():
-            if config_class.__name__ + "WithMemory" == name:
-                return with_memory(config_class)
-    raise AttributeError(name)
+def _rebuild(name: str, params: dict):
+    """Unpickle a wrapped config (Ray workers): its class is built on demand, so rebuild by name.
+    ``streaming_llm.policies`` is loaded whenever this package is (``streaming_llm`` imports it)."""
+    return sys.modules["streaming_llm.policies"].make_policy_config(name, **params)
 
 
 def memory_params(memory: dict | MemoryConfig | None) -> dict:

@@ -38,6 +38,20 @@ def get_policy_config_class(policy: str) -> type[PolicyConfig]:
         raise ValueError(f"policy must be one of {', '.join(list_policies())}; got {policy!r}") from None
 
 
+def is_bounded(policy: str) -> bool:
+    """Whether ``policy`` keeps its cache within a budget (the full cache does not)."""
+    return get_policy_config_class(policy).bounded
+
+
+def policies_on_model_attention() -> list[str]:
+    """Policies that, with their defaults, need neither attention scores nor logit biases, so
+    they run on a model's own attention (families that bypass transformers' AttentionInterface)."""
+    def hookless(cls: type[PolicyConfig]) -> bool:
+        return not any(p.needs_attention or p.needs_logit_bias for p in cls().build_layer_policies(2))
+
+    return [name for name in list_policies() if hookless(REGISTRY[name])]
+
+
 def make_policy_config(policy: str, **params) -> PolicyConfig:
     """Validated config of ``policy`` from keyword (or CLI string) values."""
     return get_policy_config_class(policy).from_params(params)
@@ -52,6 +66,8 @@ __all__ = [
     "SlotView",
     "dynamic_sink_size",
     "get_policy_config_class",
+    "is_bounded",
     "list_policies",
     "make_policy_config",
+    "policies_on_model_attention",
 ]

@@ -1,9 +1,7 @@
 """The policy protocol: a validated config dataclass plus a per-layer selection rule.
 
-A *policy* decides, after every cache update, which stored slots of one decoder layer to keep.
-It sees a :class:`SlotView` (the slots' original positions and the tokens seen so far) and
-returns the indices to keep, or ``None`` to keep everything. Storage, positions and bytes are
-the cache layer's job (``streaming_llm.cache``); a policy only chooses.
+The per-layer side (:class:`SlotView`, :class:`LayerPolicy`, ...) lives in
+:mod:`streaming_llm.protocol`, shared with the cache; it is re-exported here.
 
 Adding a policy = one file with a ``PolicyConfig`` subclass and a ``LayerPolicy`` subclass,
 plus one line in ``streaming_llm.policies.REGISTRY``.
@@ -14,127 +12,14 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import torch
+from ..protocol import POSITION_BYTES, KeepLast, LayerPolicy, SlotRewrite, SlotView
 
-#: bytes of the per-slot, per-KV-head position metadata (int64), counted in ``cache_bytes()``.
-POSITION_BYTES = 8
+from ..checks import check_int  # re-exported: policies import it from here
 
-
-@dataclass(frozen=True)
-class SlotView:
-    """What a policy may look at when it selects slots of one layer.
-
-    Attributes
-    ----------
-    positions:
-        ``(H_kv, T)`` int64 CPU tensor, original (absolute) position of every stored slot of
-        every KV head, ascending along ``T``. Position-based policies keep the same slots in
-        every head, so all rows are equal for them.
-    seen_tokens:
-        Number of tokens the layer has seen so far (the stream position after this update).
-    new_tokens:
-        Tokens appended by the update that triggered this selection (the last ``new_tokens`` slots).
-    keys, values:
-        The stored slots themselves, for policies that score or compress their contents.
-    """
-
-    positions: torch.Tensor
-    seen_tokens: int
-    new_tokens: int = 1
-    keys: torch.Tensor | None = None  # (1, H_kv, T, D) as stored (rotated at original positions)
-    values: torch.Tensor | None = None  # (1, H_kv, T, D)
-
-    @property
-    def num_slots(self) -> int:
-        return int(self.positions.shape[-1])
-
-
-@dataclass(frozen=True)
-class SlotRewrite:
-    """A selection that replaces the layer's slots outright (compressed slots are new rows).
-
-    ``keys``/``values`` ``(1, H_kv, T', D)`` rotated at ``positions`` ``(H_kv, T')`` (CPU int64), the
-    same layout the layer keeps: slots of every head ascending in position, recent window last.
-    """
-
-    keys: torch.Tensor
-    values: torch.Tensor
-    positions: torch.Tensor
-
-
-class LayerPolicy(ABC):
-    """Per-layer eviction rule. One instance per decoder layer, built fresh for every cache.
-
-    Selections are indices along the slot axis: ``(T',)`` keeps the same slots in every KV
-    head, ``(H_kv, T')`` keeps different slots per head (same count in each). Indices must be
-    ascending so the recent, contiguous slots stay last.
-    """
-
-    #: Whether kept slots can stop being contiguous with the newest token, so that keys must
-    #: be re-rotated for StreamingLLM's in-cache distances (sinks do this; a pure window never).
-    needs_position_shift: ClassVar[bool] = False
-
-    #: Whether the policy scores slots by attention. Such policies select in :meth:`observe`,
-    #: called by the attention hook right after this layer's attention, instead of in
-    #: :meth:`select`; the cache refuses to run them without the hook.
-    needs_attention: ClassVar[bool] = False
-
-    #: Whether :meth:`logit_bias` may return a bias (slots standing for several tokens).
-    needs_logit_bias: ClassVar[bool] = False
-
-    #: Whether the policy rotates keys itself (to compress them position-free); the cache then
-    #: hands it the model's position strategy through :meth:`bind_rotary`, shift or not.
-    needs_rotary: ClassVar[bool] = False
-
-    @abstractmethod
-    def max_slots(self) -> int | None:
-        """Upper bound on stored slots after any forward step (``None`` = unbounded)."""
-
-    def select(self, view: SlotView) -> "torch.Tensor | SlotRewrite | None":
-        """Indices of the slots to keep after an update (or a :class:`SlotRewrite`), ``None`` to keep all."""
-        return None
-
-    def observe(self, probs: torch.Tensor, view: SlotView) -> torch.Tensor | None:
-        """Attention probabilities ``(B, H_q, q, T)`` of this step over the ``T`` slots of
-        ``view``; returns the slots to keep (like :meth:`select`). Only for ``needs_attention``."""
-        raise NotImplementedError
-
-    def read_mask(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor | None:
-        """Sparse attention: which slots each query may read, ``(1, H_q, q, n)`` bool, or ``None``
-        for all. Called by the attention hook for policies with ``needs_attention``."""
-        return None
-
-    def stats(self) -> dict[str, float]:
-        """Counters worth reporting (summed over layers by the cache), e.g. keys read."""
-        return {}
-
-    def attach(self, layer) -> None:
-        """Called once by the cache layer that owns this policy (for policies that must
-        change their layer's slots outside an update, e.g. cross-layer budget reallocation)."""
-
-    def state_bytes(self) -> int:
-        """Bytes of the policy's own per-slot state (scores, statistics), counted in the cache's bytes."""
-        return 0
-
-    def stored_bytes(self) -> int | None:
-        """Bytes of the layer's slots in the policy's own representation (e.g. low-rank factors
-        instead of full rows), or ``None`` when slots are stored as plain K/V rows."""
-        return None
-
-    def bind_rotary(self, strategy) -> None:
-        """Receive the model's position strategy (for ``needs_rotary`` policies)."""
-
-    def logit_bias(self, view: SlotView) -> torch.Tensor | None:
-        """Additive attention-logit bias for the ``T`` slots of ``view``, ``(H_kv, T)``, or ``None``.
-
-        A slot that stands for ``c`` merged tokens carries ``log(c)`` here, so softmax weighs
-        it like ``c`` copies of itself.
-        """
-        return None
+__all__ = ["POSITION_BYTES", "KeepLast", "LayerPolicy", "PolicyConfig", "SlotRewrite", "SlotView", "check_int"]
 
 
 def _type_name(annotation: Any) -> str:
@@ -183,12 +68,6 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
     return value
 
 
-def check_int(name: str, value: int, minimum: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is an int (not a bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-
-
 @dataclass
 class PolicyConfig:
     """Base of every policy config.
@@ -202,6 +81,15 @@ class PolicyConfig:
     enable_pos_shift: bool = True
 
     name: ClassVar[str] = ""
+
+    # What the orchestration (sizing, reports, the CLI, grids) asks a policy instead of naming it:
+    #: Whether the cache stays within a budget. Unbounded policies (the full cache) are never
+    #: sized to a byte target; reports take them as the reference the bounded ones close the gap to.
+    bounded: ClassVar[bool] = True
+    #: Fields that set the policy's memory: tables always show them.
+    size_fields: ClassVar[tuple[str, ...]] = ()
+    #: Fields that tell runs apart in a legend, in order, with their short names ("" = value alone).
+    label_fields: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -245,6 +133,21 @@ class PolicyConfig:
         """(name, type, default) of every parameter, for ``list_policies`` and the CLI help."""
         types_ = cls._field_types()
         return [(f.name, _type_name(types_[f.name]), f.default) for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def table_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters a table row shows: the sizing and legend ones, and every one that differs
+        from the default, so two runs that differ never read alike (all are in the records)."""
+        defaults = cls().to_dict()
+        always = {*cls.size_fields, *cls.label_fields}
+        return {k: v for k, v in params.items() if k in always or (k in defaults and defaults[k] != v)}
+
+    @classmethod
+    def legend(cls, params: dict[str, Any]) -> str:
+        """Short label of a run with ``params``: the name and the :attr:`label_fields`."""
+        detail = ",".join(f"{short}={params[k]}" if short else str(params[k])
+                          for k, short in cls.label_fields.items() if k in params)
+        return f"{cls.name} {detail}".strip()
 
     def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
         raise NotImplementedError

@@ -11,9 +11,11 @@ and ``bs``), and every layer is trimmed to its budget. Each layer also keeps its
 
 Streaming adaptation (ours): the paper compresses once at prefill, updating budgets every 4
 layers as layers are processed; here a selection happens whenever the layers fill (as in our
-SnapKV streaming mode) and the budgets are re-derived once per selection, after the last layer,
-from all layers' votes. All layers fill at the same step, since after a selection layer ``l``
-holds ``budget_l - reselect_interval`` slots and every layer grows by the same tokens.
+SnapKV streaming mode) and the budgets are re-derived once per selection, after the last layer's
+attention, from all layers' votes; every layer is trimmed to its budget when the step ends
+(:meth:`LayerPolicy.end_step`), so no layer changes another's slots. All layers fill at the same
+step, since after a selection layer ``l`` holds ``budget_l - reselect_interval`` slots and every
+layer grows by the same tokens.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ def allocate_budgets(counts: list[int], total: int, low: int, high: int) -> list
 
 
 class LayerBudgetAllocator:
-    """Shared by the layers of one cache: collects their votes in a selection step, then trims
-    every layer to its new budget."""
+    """Shared by the layers of one cache: collects their votes in a selection step and re-derives
+    every layer's budget from them."""
 
     def __init__(self, num_layers: int, cache_size: int, window_size: int, ratio_max: float, reselect_interval: int):
         self.num_layers = num_layers
@@ -66,8 +68,8 @@ class LayerBudgetAllocator:
         self.policies: list["AdaptiveLayer"] = []
         self.reallocations = 0
 
-    def finish_selection(self, num_kv_heads: int) -> None:
-        """After the last layer selected: re-derive all budgets and trim every layer."""
+    def reallocate(self, num_kv_heads: int) -> None:
+        """After the last layer selected: re-derive all budgets (each layer trims at the end of the step)."""
         per_layer = [p.candidate_scores().flatten() for p in self.policies]
         votes = torch.cat(per_layer)
         top = votes.topk(min(self.base * num_kv_heads * self.num_layers, votes.numel())).indices
@@ -75,8 +77,6 @@ class LayerBudgetAllocator:
         counts = torch.bincount(owner[top.cpu()], minlength=len(per_layer)).tolist()
         shares = allocate_budgets(counts, self.base * self.num_layers, self.low, self.high)
         self.budgets = [share + self.window_size for share in shares]
-        for policy, budget in zip(self.policies, self.budgets):
-            policy.trim(budget - policy.reselect_interval)
         self.reallocations += 1
 
 
@@ -84,16 +84,12 @@ class AdaptiveLayer(ObservationWindow):
     def __init__(self, allocator: LayerBudgetAllocator, layer_idx: int, **window_args):
         super().__init__(**window_args)
         self.allocator, self.layer_idx = allocator, layer_idx
-        self.layer = None
         self.scores: torch.Tensor | None = None  # (H, T) votes of the kept slots, set in a selection step
         allocator.policies.append(self)
 
-    def attach(self, layer) -> None:
-        self.layer = layer
-
     def max_slots(self) -> int | None:
-        # between selections a layer holds at most its budget; during a selection step it may
-        # briefly hold up to `high + window` before the allocator trims it
+        # between steps a layer holds at most its budget; within a selection step it may hold up
+        # to `high + window` until the step ends and it trims to its new budget
         return max(self.allocator.budgets)
 
     def candidate_scores(self) -> torch.Tensor:
@@ -108,16 +104,16 @@ class AdaptiveLayer(ObservationWindow):
         keep = self.select_top(scores, provisional)
         self.scores = scores.gather(-1, keep.to(scores.device))
         if self.layer_idx == self.allocator.num_layers - 1:
-            self.layer.keep(keep)  # apply ours first: the allocator trims every layer from its kept slots
-            self.allocator.finish_selection(view.positions.shape[0])
-            return None
+            self.allocator.reallocate(view.positions.shape[0])
         return keep
 
-    def trim(self, keep: int) -> None:
-        """Keep the window plus the ``keep - window`` best-voted slots (called by the allocator)."""
+    def end_step(self) -> torch.Tensor | None:
+        """After a selection step: keep the window plus the best-voted slots of this layer's new budget."""
+        if self.scores is None:
+            return None
         scores, self.scores = self.scores, None  # only needed within the selection step
-        if scores.shape[-1] > keep:
-            self.layer.keep(self.select_top(scores, keep))
+        keep = self.allocator.budgets[self.layer_idx] - self.reselect_interval
+        return self.select_top(scores, keep) if scores.shape[-1] > keep else None
 
 
 @dataclass
@@ -138,6 +134,8 @@ class DynamicKVConfig(WindowVoteConfig):
     ratio_max: float = 5.0
 
     name: ClassVar[str] = "dynamickv"
+    size_fields: ClassVar[tuple[str, ...]] = ("cache_size", "window_size")
+    label_fields: ClassVar[dict[str, str]] = {"window_size": "window", "cache_size": "cache"}
 
     def validate(self) -> None:
         self.validate_window("cache_size")

@@ -18,6 +18,7 @@ class FullConfig(PolicyConfig):
     """Unbounded cache: logits equal transformers' ``DynamicCache``."""
 
     name: ClassVar[str] = "full"
+    bounded: ClassVar[bool] = False
 
     def build_layer_policy(self, layer_idx: int, num_layers: int) -> LayerPolicy:
         return KeepAll()

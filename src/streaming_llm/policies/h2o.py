@@ -40,6 +40,8 @@ class H2OConfig(PolicyConfig):
     recent_size: int = 1000
 
     name: ClassVar[str] = "h2o"
+    size_fields: ClassVar[tuple[str, ...]] = ("heavy_size", "recent_size")
+    label_fields: ClassVar[dict[str, str]] = {"recent_size": "recent", "heavy_size": "heavy"}
 
     def validate(self) -> None:
         check_int("heavy_size", self.heavy_size, 0)

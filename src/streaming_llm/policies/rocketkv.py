@@ -105,6 +105,8 @@ class RocketKVConfig(WindowVoteConfig):
     topr: int = 32
 
     name: ClassVar[str] = "rocketkv"
+    size_fields: ClassVar[tuple[str, ...]] = ("storage_size", "topk", "window_size")
+    label_fields: ClassVar[dict[str, str]] = {"window_size": "window", "storage_size": "storage", "topk": "topk"}
 
     def validate(self) -> None:
         self.validate_window("storage_size")

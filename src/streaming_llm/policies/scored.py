@@ -64,15 +64,30 @@ class ScoredEviction(LayerPolicy):
         grouped = per_kv_head(probs, num_kv_heads)
         if not self.per_head:
             grouped = grouped.mean(dim=0, keepdim=True)
-        n = view.num_slots
-        previous = torch.zeros(grouped.shape[0], n, device=probs.device)
+        previous = self.padded_scores(grouped.shape[0], view.num_slots, probs.device)
+        return self.evict(self.update_scores(previous, grouped, view), view)
+
+    def padded_scores(self, rows: int, n: int, device: torch.device) -> torch.Tensor:
+        """The stored scores ``(rows, n)``, zero for slots appended since the last step."""
+        previous = torch.zeros(rows, n, device=device)
         if self.scores is not None:
             previous[:, : self.scores.shape[-1]] = self.scores
-        scores = self.update_scores(previous, grouped, view)
-        if n <= self.budget:
+        return previous
+
+    def over_budget(self, view: SlotView) -> bool:
+        """Whether this step evicts (subclasses may evict in batches)."""
+        return view.num_slots > self.budget
+
+    def choose(self, scores: torch.Tensor, view: SlotView) -> torch.Tensor:
+        """Ascending slot indices ``(H, keep)`` to keep, given this step's ``scores`` ``(H, n)``."""
+        return top_k_with_recent(scores, self.budget, self.protected_recent)
+
+    def evict(self, scores: torch.Tensor, view: SlotView) -> torch.Tensor | None:
+        """Keep the slots :meth:`choose` picks (when :meth:`over_budget`), scores aligned with them."""
+        if not self.over_budget(view):
             self.scores = scores
             return None
-        keep = top_k_with_recent(scores, self.budget, self.protected_recent)
+        keep = self.choose(scores, view)
         self.scores = scores.gather(-1, keep)
         keep = keep.cpu()
         return keep if self.per_head else keep[0]

@@ -10,22 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-import torch
-
-from .base import LayerPolicy, PolicyConfig, SlotView, check_int
-
-
-class KeepLast(LayerPolicy):
-    def __init__(self, window_size: int):
-        self.window_size = window_size
-
-    def max_slots(self) -> int | None:
-        return self.window_size
-
-    def select(self, view: SlotView) -> torch.Tensor | None:
-        if view.num_slots <= self.window_size:
-            return None
-        return torch.arange(view.num_slots - self.window_size, view.num_slots)
+from .base import KeepLast, LayerPolicy, PolicyConfig, check_int
 
 
 @dataclass
@@ -39,6 +24,8 @@ class SlidingWindowConfig(PolicyConfig):
     window_size: int = 2000
 
     name: ClassVar[str] = "sliding_window"
+    size_fields: ClassVar[tuple[str, ...]] = ("window_size",)
+    label_fields: ClassVar[dict[str, str]] = {"window_size": "window"}
 
     def validate(self) -> None:
         check_int("window_size", self.window_size, 1)

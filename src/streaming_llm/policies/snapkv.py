@@ -135,6 +135,8 @@ class SnapKVConfig(WindowVoteConfig):
     cache_size: int = 2048
 
     name: ClassVar[str] = "snapkv"
+    size_fields: ClassVar[tuple[str, ...]] = ("cache_size", "window_size")
+    label_fields: ClassVar[dict[str, str]] = {"window_size": "window", "cache_size": "cache"}
 
     def validate(self) -> None:
         self.validate_window("cache_size")

@@ -66,6 +66,8 @@ class StreamingConfig(PolicyConfig):
     max_seq_length: int = 32768
 
     name: ClassVar[str] = "streaming"
+    size_fields: ClassVar[tuple[str, ...]] = ("start_size", "recent_size")
+    label_fields: ClassVar[dict[str, str]] = {"start_size": "sink", "recent_size": "recent"}
 
     def validate(self) -> None:
         check_int("start_size", self.start_size, 0)

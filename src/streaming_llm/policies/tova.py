@@ -35,6 +35,8 @@ class TOVAConfig(PolicyConfig):
     cache_size: int = 2000
 
     name: ClassVar[str] = "tova"
+    size_fields: ClassVar[tuple[str, ...]] = ("cache_size",)
+    label_fields: ClassVar[dict[str, str]] = {"cache_size": "cache"}
 
     def validate(self) -> None:
         check_int("cache_size", self.cache_size, 1)

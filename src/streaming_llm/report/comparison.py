@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..policies import get_policy_config_class
+from ..policies import get_policy_config_class, is_bounded
 from . import csv_text, markdown_table, write_atomic, write_json
 from .plots import markdown_images, plot_ppl_along_stream, run_label, write_standard_plots
 
@@ -21,23 +21,23 @@ BASELINE = "streaming"
 COMPARISON_COLUMNS = ("policy", "params", "cache_bytes_max", "ppl", "improvement_pct", "gap_closure",
                       "tok_per_s", "speed_x", "peak_rss_bytes")
 AGGREGATE_COLUMNS = ("scenario", "profile", "model", "text", "tokens", "context", *COMPARISON_COLUMNS)
-#: sizing parameters a table row always shows (the rest appear when they differ from the default)
-SHOWN_PARAMS = ("start_size", "recent_size", "window_size", "heavy_size", "cache_size", "storage_size", "topk",
-                "compressed_budget", "compressor_type", "importance_ratio", "importance_metric", "rank")
 
 
 def shown_params(policy: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The parameters a table row shows: the sizing ones above and every one that differs from
-    the policy's default, so two runs that differ never read alike (all are in the records)."""
-    defaults = get_policy_config_class(policy)().to_dict()
-    return {k: v for k, v in params.items() if k in SHOWN_PARAMS or (k in defaults and defaults[k] != v)}
+    """The parameters a table row shows (the policy decides: :meth:`PolicyConfig.table_params`)."""
+    return get_policy_config_class(policy).table_params(params)
+
+
+def _is_reference(record: dict[str, Any]) -> bool:
+    """An unbounded run (the full cache): the reference bounded policies close the gap to."""
+    return not is_bounded(record["policy"])
 
 
 def compare(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per run with its improvement, gap closure and speed against the first
     StreamingLLM run (``None`` where there is no baseline or no full run)."""
     baseline = next((r for r in records if r["policy"] == BASELINE), None)
-    full = next((r for r in records if r["policy"] == "full"), None)
+    full = next((r for r in records if _is_reference(r)), None)
     rows = []
     for record in records:
         row = {c: record.get(c) for c in COMPARISON_COLUMNS}
@@ -79,7 +79,7 @@ def readable_text(title: str, records: Sequence[dict[str, Any]], failed: dict[st
                  f"cache {row['cache_bytes_max']:>12,} B"]
         if row["improvement_pct"] is not None and record["policy"] != BASELINE:
             parts.append(f"vs streaming {row['improvement_pct']:+.1f}%")
-        if row["gap_closure"] is not None and record["policy"] not in (BASELINE, "full"):
+        if row["gap_closure"] is not None and record["policy"] != BASELINE and not _is_reference(record):
             parts.append(f"gap closure {row['gap_closure']:+.2f}")
         lines.append("  ".join(parts))
     for policy, error in failed.items():

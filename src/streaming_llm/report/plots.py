@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ..policies import get_policy_config_class
+from ..runs import replacing
 
 
 def _figure(size: tuple[float, float]):
@@ -24,29 +26,15 @@ def _figure(size: tuple[float, float]):
     return figure, figure.subplots()
 
 
-#: parameters that tell runs apart in a legend, with their short names ("" = value only)
-LABEL_PARAMS = {"start_size": "sink", "recent_size": "recent", "window_size": "window", "heavy_size": "heavy",
-                "cache_size": "cache", "storage_size": "storage", "topk": "topk", "compressed_budget": "mid",
-                "compressor_type": "", "importance_ratio": "ratio", "importance_metric": ""}
-
-
 def run_label(record: dict[str, Any]) -> str:
-    """Short legend label: the policy and the parameters that tell runs apart."""
-    params = record.get("params", {})
-    detail = ",".join(f"{short}={params[k]}" if short else str(params[k])
-                      for k, short in LABEL_PARAMS.items() if k in params)
-    return f"{record['policy']} {detail}".strip()
+    """Short legend label: the policy and the parameters that tell runs apart (the policy's
+    :attr:`~streaming_llm.policies.PolicyConfig.label_fields`)."""
+    return get_policy_config_class(record["policy"]).legend(record.get("params", {}))
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -18,6 +18,10 @@ A grid is a TOML or YAML file::
                                      # or cache_bytes = N: every bounded policy to N bytes)
     policies = ["full", "streaming:start_size=4,recent_size=252", "adms:importance_ratio=1.0"]
 
+    [tasks]                          # optional: `streaming-llm tasks --grid FILE` runs the
+    tasks = ["passkey"]              # profiles' policies on these synthetic tasks (option names
+    lengths = [2048, 4096]           # of the command); [benchmark] likewise for `benchmark`
+
 A scenario can also be written on one line, as the seed's ``SCENARIOS`` variable does:
 ``name=llama3_8k model=meta-llama/Meta-Llama-3-8B-Instruct dataset=wikitext task=wikitext-103-raw-v1
 split=test samples=64 tokens=8192 log_every=512``.
@@ -33,8 +37,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..checks import check_int
 from ..evaluation.jobs import Job, RunSettings, StreamSource
 from ..evaluation.runs import RunSpec
+from ..policies import is_bounded
 
 BUILTIN_GRID_PREFIX = "builtin:"
 SETTING_KEYS = {f.name for f in dataclasses.fields(RunSettings)}
@@ -42,6 +48,8 @@ SETTING_KEYS = {f.name for f in dataclasses.fields(RunSettings)}
 SOURCE_KEYS = {"model": "model", "text": "text", "dataset": "dataset", "task": "dataset_config",
                "dataset_config": "dataset_config", "split": "split", "samples": "num_samples",
                "tokens": "num_tokens", "concat_stream": "concat_stream"}
+#: commands whose settings a grid may hold in a table of their name (``[tasks]``, ``[benchmark]``)
+GRID_COMMANDS = ("tasks", "benchmark")
 SCENARIO_KEYS = {"name", "log_every", "set", "description", *SOURCE_KEYS, *SETTING_KEYS}
 
 
@@ -143,11 +151,23 @@ class Profile:
                 raise ValueError(f"profile {name!r}: equal_memory_to={reference!r} names no policy of the profile; "
                                  f"allowed: {', '.join(s.policy for s in specs)}")
         cache_bytes = values.get("cache_bytes")
-        if cache_bytes is not None and (matched is not None or isinstance(cache_bytes, bool)
-                                        or not isinstance(cache_bytes, int) or cache_bytes < 1):
-            raise ValueError(f"profile {name!r}: cache_bytes must be an integer >= 1, and not given with "
-                             f"equal_memory_to; got {cache_bytes!r}")
+        if cache_bytes is not None and matched is not None:
+            raise ValueError(f"profile {name!r}: give cache_bytes or equal_memory_to, not both")
+        try:
+            check_int("cache_bytes", cache_bytes, 1, optional=True)
+        except ValueError as error:
+            raise ValueError(f"profile {name!r}: {error}") from None
         return cls(name, specs, matched, str(values.get("description", "")), cache_bytes)
+
+    def memory_of(self, spec: RunSpec, reference: RunSpec | None = None) -> tuple[int | None, RunSpec | None]:
+        """(cache_bytes, equal_memory_to) of ``spec`` in this profile; ``reference`` is the profile's
+        (with a scenario's overrides applied). The reference and unbounded policies (the full
+        cache) are not sized: leaving the reference out of their definition lets profiles that
+        share them share the run."""
+        reference = reference or self.equal_memory_to
+        bounded = is_bounded(spec.policy)
+        sized = reference is not None and spec != reference and bounded
+        return (self.cache_bytes if bounded else None), (reference if sized else None)
 
 
 def _spec(entry: Any, where: str) -> RunSpec:
@@ -170,6 +190,9 @@ class Grid:
     default_profiles: tuple[str, ...] = ()
     source: str = ""
     defaults: dict[str, Any] = field(default_factory=dict, repr=False)  # applied to scenarios given as lines
+    #: settings of ``streaming-llm tasks`` / ``benchmark`` run with this grid's profiles (their
+    #: option names, e.g. lengths = [2048, 4096]); the commands check the keys
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def select(self, scenarios: list[str] | None = None, profiles: list[str] | None = None,
                extra_scenarios: list[Scenario] = ()) -> tuple[list[Scenario], list[Profile]]:
@@ -178,8 +201,11 @@ class Grid:
         if names == ["all"]:
             names = list(self.scenarios)
         chosen = [self._pick(self.scenarios, n, "scenario") for n in names] + list(extra_scenarios)
-        profile_names = list(profiles or self.default_profiles or self.profiles)
-        return chosen, [self._pick(self.profiles, n, "profile") for n in profile_names]
+        return chosen, self.select_profiles(profiles)
+
+    def select_profiles(self, profiles: list[str] | None = None) -> list[Profile]:
+        """The named profiles (default: the grid's default ones, else all); unknown names raise ``ValueError``."""
+        return [self._pick(self.profiles, n, "profile") for n in (profiles or self.default_profiles or self.profiles)]
 
     @staticmethod
     def _pick(table: dict[str, Any], name: str, kind: str):
@@ -203,12 +229,9 @@ def jobs_for(scenario: Scenario, profile: Profile) -> list[Job]:
     labels = (("scenario", scenario.name), ("profile", profile.name))
     jobs = []
     for spec in map(with_overrides, profile.specs):
-        # the reference and the unbounded full cache are not sized: leaving the reference out of
-        # their definition lets profiles that share them share the run
-        sized = reference is not None and spec != reference and spec.policy != "full"
-        fixed = profile.cache_bytes if spec.policy != "full" else None
-        jobs.append(Job(scenario.source, spec, scenario.settings, cache_bytes=fixed,
-                        equal_memory_to=reference if sized else None, labels=labels))
+        fixed, matched = profile.memory_of(spec, reference)
+        jobs.append(Job(scenario.source, spec, scenario.settings, cache_bytes=fixed, equal_memory_to=matched,
+                        labels=labels))
     return jobs
 
 
@@ -247,7 +270,7 @@ def _parse(text: str, suffix: str) -> dict[str, Any]:
 def load_grid(path: str) -> Grid:
     """Read and validate a grid (a file path or ``builtin:NAME``)."""
     data, source = _read_grid_file(path)
-    _check_keys(f"grid {source}", data, {"defaults", "scenarios", "profiles", "description"})
+    _check_keys(f"grid {source}", data, {"defaults", "scenarios", "profiles", "description", *GRID_COMMANDS})
     defaults = dict(data.get("defaults") or {})
     default_scenarios = tuple(defaults.pop("scenarios", ()))
     default_profiles = tuple(defaults.pop("profiles", ()))
@@ -256,7 +279,11 @@ def load_grid(path: str) -> Grid:
     profiles = {n: Profile.from_dict(n, v) for n, v in (data.get("profiles") or {}).items()}
     if not profiles:
         raise ValueError(f"grid {source}: no [profiles]")
-    grid = Grid(scenarios, profiles, default_scenarios, default_profiles, source, defaults)
+    for name in GRID_COMMANDS:
+        if not isinstance(data.get(name, {}), dict):
+            raise ValueError(f"grid {source}: [{name}] must be a table of {name} settings")
+    commands = {name: dict(data[name]) for name in GRID_COMMANDS if name in data}
+    grid = Grid(scenarios, profiles, default_scenarios, default_profiles, source, defaults, commands)
     for name in default_scenarios:
         grid._pick(scenarios, name, "scenario")
     for name in default_profiles:

@@ -4,18 +4,21 @@
 ``address="auto"`` joins an existing cluster. A task asks for one GPU when the driver sees CUDA
 (so tasks spread over the cluster's GPUs) and one CPU otherwise. The driver writes each record
 as its task finishes, exactly as the local executor does, so resuming works the same way.
-Workers run the same :func:`execute_job` as the local path: the records match it.
+Workers run the same ``unit.execute`` as the local path (eval jobs, task cells, benchmark
+examples: :mod:`streaming_llm.runs.executors`), so the records match it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..evaluation.jobs import Job, Workspace, execute_job
-from .runner import OnFailure, OnRecord, describe_error
+from ..evaluation.jobs import Workspace
+from ..runs.executors import OnFailure, OnRecord, Unit, describe_error
 
 log = logging.getLogger("streaming_llm")
 
@@ -24,11 +27,11 @@ log = logging.getLogger("streaming_llm")
 _worker_workspace: Workspace | None = None
 
 
-def _run_in_worker(job: Job) -> dict[str, Any]:
+def _run_in_worker(job: Unit) -> dict[str, Any]:
     global _worker_workspace
     if _worker_workspace is None:
         _worker_workspace = Workspace()
-    return execute_job(job, _worker_workspace, progress=False)
+    return job.execute(_worker_workspace, progress=False)
 
 
 def _import_ray():
@@ -45,14 +48,21 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.gpus_per_task = (1.0 if torch.cuda.is_available() else 0.0) if gpus_per_task is None else gpus_per_task
 
-    def run(self, jobs: list[Job], on_record: OnRecord, on_failure: OnFailure, progress: bool) -> None:
+    def run(self, jobs: list[Unit], on_record: OnRecord, on_failure: OnFailure, progress: bool) -> None:
         ray = _import_ray()
         started_here = not ray.is_initialized()
         if started_here:
             options: dict[str, Any] = {"address": self.address, "include_dashboard": False,
                                        "log_to_driver": progress, "logging_level": logging.WARNING}
-            if self.address is None and self.num_cpus is not None:
-                options["num_cpus"] = self.num_cpus
+            if self.address is None:
+                # Local workers import the driver's copy of the package (a source tree on
+                # PYTHONPATH, a worktree), not whichever one the environment installs: the units
+                # they unpickle are defined there.
+                package_root = str(Path(__file__).resolve().parents[2])
+                path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+                options["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
+                if self.num_cpus is not None:
+                    options["num_cpus"] = self.num_cpus
             ray.init(**options)
         try:
             remote = ray.remote(num_cpus=1, num_gpus=self.gpus_per_task)(_run_in_worker)

@@ -14,51 +14,20 @@ runs in flight; the next invocation skips every job whose record exists (``force
 
 from __future__ import annotations
 
-import json
 import logging
-import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from tqdm.auto import tqdm
-
-from ..evaluation.jobs import Job, Workspace, execute_job
+from ..evaluation.jobs import Job, eval_store
 from ..report import write_json
+from ..runs import RecordError, RunStore, read_record
+from ..runs.executors import Executor, LocalExecutor, OnFailure, OnRecord, describe_error  # noqa: F401  (re-exported)
 from ..report.comparison import write_aggregate_report, write_pair_report
 from .grid import Grid, Profile, Scenario, jobs_for
 
 log = logging.getLogger("streaming_llm")
-
-OnRecord = Callable[[Job, dict[str, Any]], None]
-OnFailure = Callable[[Job, str], None]
-
-
-class Executor(Protocol):
-    def run(self, jobs: list[Job], on_record: OnRecord, on_failure: OnFailure, progress: bool) -> None:
-        """Execute ``jobs``; call ``on_record`` or ``on_failure`` once per job as each ends."""
-
-
-def describe_error(error: BaseException) -> str:
-    return f"{error.__class__.__name__}: {error}"
-
-
-class LocalExecutor:
-    """Runs jobs one after another in this process, loading each model once."""
-
-    def run(self, jobs: list[Job], on_record: OnRecord, on_failure: OnFailure, progress: bool) -> None:
-        workspace = Workspace()
-        ordered = sorted(jobs, key=lambda j: (j.source.model, j.settings.dtype, j.settings.device))
-        for job in tqdm(ordered, desc="sweep", unit="run", disable=not progress):
-            try:
-                record = execute_job(job, workspace, progress=progress)
-            except Exception as error:  # one failing run (no hub, unsupported model) must not stop the sweep
-                log.debug("%s failed:\n%s", job.key, traceback.format_exc())
-                on_failure(job, describe_error(error))
-            else:
-                on_record(job, record)
-
 
 @dataclass
 class PairPlan:
@@ -85,14 +54,7 @@ def plan(scenarios: Iterable[Scenario], profiles: Iterable[Profile]) -> list[Pai
 
 
 def record_path(root: Path, job: Job) -> Path:
-    return root / "runs" / f"{job.key}.json"
-
-
-def _load_record(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # missing, or (should never happen with atomic writes) unreadable: run it again
+    return eval_store(root / "runs").path(job.key)
 
 
 def run_sweep(grid: Grid, output_root: str | Path, *, scenarios: list[str] | None = None,
@@ -103,10 +65,11 @@ def run_sweep(grid: Grid, output_root: str | Path, *, scenarios: list[str] | Non
     chosen_scenarios, chosen_profiles = grid.select(scenarios, profiles, list(extra_scenarios))
     pairs = plan(chosen_scenarios, chosen_profiles)
     outcome = SweepOutcome()
+    store = eval_store(root / "runs")
     records: dict[str, dict[str, Any]] = {}
     pending: dict[str, Job] = {}
     for pair in pairs:
-        existing = {job.key: None if force else _load_record(record_path(root, job)) for job in pair.jobs}
+        existing = {job.key: None if force else store.load(job.key) for job in pair.jobs}
         if not force and (pair.directory(root) / "summary.json").is_file() and all(existing.values()):
             outcome.skipped_pairs += 1
         for job in pair.jobs:
@@ -118,7 +81,7 @@ def run_sweep(grid: Grid, output_root: str | Path, *, scenarios: list[str] | Non
     log.info("sweep: %d pair(s), %d run(s) to do, %d reused from %s", len(pairs), len(pending), len(records), root)
 
     def on_record(job: Job, record: dict[str, Any]) -> None:
-        write_json(record_path(root, job), record)
+        store.save(job.key, record)
         records[job.key] = record
         outcome.ran += 1
 
@@ -134,7 +97,7 @@ def run_sweep(grid: Grid, output_root: str | Path, *, scenarios: list[str] | Non
         failed = {j.spec.policy: outcome.failures[j.key] for j in pair.jobs if j.key in outcome.failures}
         if done:
             write_pair_report(pair.directory(root), done, pair.scenario, pair.profile, failed)
-    outcome.report = write_aggregate_report(root, _all_pair_records(root, pairs, records), outcome.failures)
+    outcome.report = write_aggregate_report(root, _all_pair_records(store, pairs, records), outcome.failures)
     return outcome
 
 
@@ -146,7 +109,7 @@ def _write_failures(root: Path, jobs: dict[str, Job], failures: dict[str, str]) 
         write_json(path, entries)
 
 
-def _all_pair_records(root: Path, pairs: list[PairPlan], records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _all_pair_records(store: RunStore, pairs: list[PairPlan], records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Records for the aggregate: this sweep's pairs plus pairs of earlier sweeps under ``root``,
     each labelled with its scenario and profile (a shared job appears once per pair)."""
     rows = []
@@ -156,12 +119,17 @@ def _all_pair_records(root: Path, pairs: list[PairPlan], records: dict[str, dict
             if job.key in records:
                 rows.append({**records[job.key], "labels": dict(job.labels)})
         seen.add((pair.scenario.name, pair.profile.name))
-    for summary in sorted(root.glob("*/*/summary.json")):
+    for summary in sorted(store.folder.parent.glob("*/*/summary.json")):
         scenario, profile = summary.parent.parent.name, summary.parent.name
         if (scenario, profile) in seen:
             continue
-        for key in json.loads(summary.read_text()).get("job_keys", []):
-            record = _load_record(root / "runs" / f"{key}.json")
+        try:
+            keys = read_record(summary, ("job_keys",))["job_keys"]
+        except RecordError as error:
+            log.warning("%s; left out of the aggregate report", error)
+            continue
+        for key in keys:
+            record = store.load(key)
             if record is not None:
                 rows.append({**record, "labels": {"scenario": scenario, "profile": profile}})
     return rows

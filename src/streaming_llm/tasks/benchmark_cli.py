@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..cli_args import add_answer_command, answer_words, run_words, spelled_out
-from ..evaluation.runs import RunSpec
-from ..models import load_model
+from ..cli_args import add_answer_command, answer_plan, answer_words, executor_from_args, run_words, spelled_out
 from ..report import console_table
-from ..sizing import size_for_comparison
-from .longbench import BENCHMARKS, BenchmarkConfig, encode_example
-from .records import load_or_run, record_path
-from .report import SCORE_COLUMNS, benchmark_scores, slug, write_benchmark_reports
-from .runner import DecodeConfig, answer_prompt, stop_token_ids, warn_beyond_positions
+from ..runs import RunStore
+from ..runs.executors import LocalExecutor, run_units
+from .longbench import BENCHMARKS, BenchmarkConfig, BenchmarkExample, encode_example
+from .report import SCORE_COLUMNS, benchmark_scores, write_benchmark_reports
+from .runner import DecodeConfig, answer_prompt
+from .units import RECORD_FIELDS, AnswerUnit, Answering, record_name, report_failures
 
 log = logging.getLogger("streaming_llm.tasks")
 
@@ -78,44 +79,65 @@ def _header(args: argparse.Namespace, bench: BenchmarkConfig, device: str) -> st
     )
 
 
+@dataclass(frozen=True)
+class BenchmarkItem(AnswerUnit):
+    """One (policy, benchmark task, example)."""
+
+    answering: Answering
+    example: BenchmarkExample
+    index: int
+    split: str
+    source: str  # kept in the record, not in the definition: the hub and a local copy hold the same examples
+    max_length: int
+    max_new_tokens: int
+
+    def name(self) -> str:
+        return record_name(self.answering.label, self.example.benchmark, self.example.task, self.index)
+
+    def definition(self) -> dict[str, Any]:
+        return {**self.answering.definition(), "benchmark": self.example.benchmark, "task": self.example.task,
+                "split": self.split, "example_id": self.example.id, "index": self.index,
+                "max_length": self.max_length, "max_new_tokens": self.max_new_tokens}
+
+    def answer(self, workspace, model, tokenizer, config, stop: set[int]) -> dict[str, Any]:
+        self.warn_once(workspace, model, self.max_length, self.max_new_tokens)
+        prompt_ids = encode_example(tokenizer, self.example, self.max_length)
+        decode = DecodeConfig(chunk_size=self.answering.chunk_size, max_new_tokens=self.max_new_tokens)
+        example = self.example
+        return {
+            "benchmark": example.benchmark, "task": example.task, "split": self.split, "example_id": example.id,
+            "index": self.index, "max_length": self.max_length, "max_new_tokens": self.max_new_tokens,
+            "source": self.source, "metric": example.metric, "answers": list(example.answers),
+            **answer_prompt(model, tokenizer, config, prompt_ids, decode, stop, example.score),
+        }
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    configs = [RunSpec.parse(text).config() for text in args.policies]  # validate everything before loading the model
+    plan = answer_plan(args)  # policies, --set and --grid: validated before the model loads
     bench = BenchmarkConfig(args.benchmark, tuple(dict.fromkeys(args.tasks)), args.source, args.split, args.samples,
                             args.max_length, args.max_new_tokens)
     DecodeConfig(chunk_size=args.chunk_size)  # a bad --chunk-size fails now, not at the first example
     examples = {task: bench.load(task) for task in bench.tasks}  # a missing source fails before the model loads
     if not any(examples.values()):
         raise ValueError(f"{bench.resolved_source} holds no examples for {', '.join(bench.tasks)}")
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    device = str(next(model.parameters()).device)
-    warn_beyond_positions(model, bench.max_length, max(bench.new_tokens(e) for task in examples.values() for e in task))
-    configs = [size_for_comparison(config, model, args.cache_bytes) for config in configs]
-    stop, output_dir = stop_token_ids(tokenizer), Path(args.output_dir)
-    records = []
-    for task, task_examples in examples.items():
-        for index, example in enumerate(task_examples):
-            prompt_ids = encode_example(tokenizer, example, bench.max_length)
-            decode = DecodeConfig(chunk_size=args.chunk_size, max_new_tokens=bench.new_tokens(example))
-            for text, config in zip(args.policies, configs):
-                identity = {
-                    "label": text, "policy": config.name, "params": config.to_dict(), "benchmark": bench.benchmark,
-                    "task": task, "split": bench.resolved_split, "example_id": example.id, "index": index,
-                    "model": args.model, "max_length": bench.max_length, "chunk_size": decode.chunk_size,
-                    "max_new_tokens": decode.max_new_tokens, "dtype": args.dtype, "device": device,
-                    "cache_bytes_target": args.cache_bytes,
-                }
-                # The source is kept but is not identity: the hub and a local copy of it hold the
-                # same examples, so either reuses the other's records.
-                path = record_path(output_dir, identity, f"{slug(text)}-{bench.benchmark}-{task}-{index}")
-                record, ran = load_or_run(path, identity, lambda: {
-                    "source": bench.resolved_source, "metric": example.metric, "answers": list(example.answers),
-                    **answer_prompt(model, tokenizer, config, prompt_ids, decode, stop, example.score),
-                }, force=args.force)
-                records.append(record)
-                if ran:
-                    log.info("%s %s #%d: score %.2f, expected %s, got %r", text, task, index, record["score"],
-                             record["answers"], record["prediction"])
-    write_benchmark_reports(output_dir, records, _header(args, bench, device))
-    print(console_table(benchmark_scores(records), SCORE_COLUMNS))
-    print(f"\nreport: {output_dir / 'results.md'}")
-    return 0
+    items = [
+        BenchmarkItem(Answering(label, spec, args.model, args.dtype, args.device, args.chunk_size, cache_bytes, reference),
+                      example, index, bench.resolved_split, bench.resolved_source, bench.max_length,
+                      bench.new_tokens(example))
+        for task_examples in examples.values() for index, example in enumerate(task_examples)
+        for label, spec, cache_bytes, reference in plan
+    ]
+
+    def logged(item: BenchmarkItem, record: dict[str, Any]) -> None:
+        log.info("%s %s #%d: score %.2f, expected %s, got %r", item.answering.label, item.example.task, item.index,
+                 record["score"], record["answers"], record["prediction"])
+
+    output_dir = Path(args.output_dir)
+    executor = executor_from_args(args, LocalExecutor("benchmark", "example", keep_going=False))
+    records, failures = run_units(items, RunStore(output_dir / "records", RECORD_FIELDS), executor, force=args.force,
+                                  progress=not args.quiet, on_ran=logged)
+    if records:
+        write_benchmark_reports(output_dir, records, _header(args, bench, records[0]["device"]))
+        print(console_table(benchmark_scores(records), SCORE_COLUMNS))
+        print(f"\nreport: {output_dir / 'results.md'}")
+    return report_failures(failures)

@@ -11,23 +11,22 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..cli_args import add_answer_command, answer_words, run_words, spelled_out
+from ..checks import check_int
+from ..cli_args import add_answer_command, answer_plan, answer_words, executor_from_args, run_words, spelled_out
 from ..data import load_text
-from ..evaluation.runs import RunSpec
-from ..models import load_model
-from ..policies import PolicyConfig
 from ..report import console_table
-from ..sizing import size_for_comparison
+from ..runs import RunStore
+from ..runs.executors import LocalExecutor, run_units
 from .prompting import PromptFormat
-from .records import load_or_run, record_path
-from .report import RESULT_COLUMNS, aggregate, slug, write_reports
-from .runner import DecodeConfig, answer_prompt, stop_token_ids, warn_beyond_positions
+from .report import RESULT_COLUMNS, aggregate, write_reports
+from .runner import DecodeConfig, answer_prompt
 from .scoring import SYNTHETIC_SCORERS
 from .synthetic import TASK_NAMES, SyntheticTaskConfig, build_sample
+from .units import RECORD_FIELDS, AnswerUnit, Answering, record_name, report_failures
 
 log = logging.getLogger("streaming_llm.tasks")
 
@@ -61,24 +60,47 @@ def _check_grid(args: argparse.Namespace) -> None:
         raise ValueError(f"--lengths must be integers >= 1; got {args.lengths}")
     if any(not 0.0 <= depth <= 1.0 for depth in args.depths):
         raise ValueError(f"--depths must be numbers in [0, 1]; got {args.depths}")
-    if args.samples < 1:
-        raise ValueError(f"--samples must be an integer >= 1; got {args.samples}")
+    check_int("--samples", args.samples, 1)
 
 
-def _record_name(identity: dict[str, Any]) -> str:
-    return f"{slug(identity['label'])}-{identity['task']}-L{identity['length']}-d{identity['depth']:g}-s{identity['sample']}"
+@dataclass(frozen=True)
+class TaskCell(AnswerUnit):
+    """One (policy, task, length, depth, sample) cell."""
 
+    answering: Answering
+    task: SyntheticTaskConfig
+    length: int
+    depth: float
+    sample: int
+    seed: int
+    max_new_tokens: int
 
-def _run_cell(model, tokenizer, config: PolicyConfig, sample, decode: DecodeConfig, stop: set[int]) -> dict[str, Any]:
-    scorer = functools.partial(SYNTHETIC_SCORERS[sample.task], answers=sample.answers)
-    return {
-        "answers": list(sample.answers),
-        "context_start": sample.prompt.context_start,
-        "context_tokens": sample.prompt.context_length,
-        "needle_start": sample.needle_start,
-        "needle_tokens": len(sample.needle.ids),
-        **answer_prompt(model, tokenizer, config, sample.prompt_ids, decode, stop, scorer),
-    }
+    def name(self) -> str:
+        return record_name(self.answering.label, self.task.task, f"L{self.length}", f"d{self.depth:g}", f"s{self.sample}")
+
+    def definition(self) -> dict[str, Any]:
+        return {**self.answering.definition(), "task_config": asdict(self.task), "length": self.length,
+                "depth": self.depth, "sample": self.sample, "seed": self.seed, "max_new_tokens": self.max_new_tokens}
+
+    def answer(self, workspace, model, tokenizer, config, stop: set[int]) -> dict[str, Any]:
+        haystack_ids = workspace.cached(("haystack", self.task.haystack), lambda: tokenizer(
+            load_text(self.task.haystack), add_special_tokens=False)["input_ids"])
+        prompt_format = workspace.cached("prompt_format", lambda: PromptFormat(tokenizer))
+        self.warn_once(workspace, model, self.length, self.max_new_tokens)
+        sample = build_sample(self.task, tokenizer, haystack_ids, length=self.length, depth=self.depth,
+                              sample=self.sample, seed=self.seed, prompt_format=prompt_format)
+        decode = DecodeConfig(chunk_size=self.answering.chunk_size, max_new_tokens=self.max_new_tokens)
+        scorer = functools.partial(SYNTHETIC_SCORERS[sample.task], answers=sample.answers)
+        return {
+            "task": self.task.task, "task_config": asdict(self.task), "length": self.length, "depth": self.depth,
+            "sample": self.sample, "seed": self.seed, "max_new_tokens": self.max_new_tokens,
+            "answers": list(sample.answers),
+            "context_start": sample.prompt.context_start,
+            "context_tokens": sample.prompt.context_length,
+            "needle_start": sample.needle_start,
+            "needle_tokens": len(sample.needle.ids),
+            **answer_prompt(model, tokenizer, config, sample.prompt_ids, decode, stop, scorer),
+        }
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -93,50 +115,36 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    specs = [RunSpec.parse(text) for text in args.policies]
-    configs = [spec.config() for spec in specs]  # validate everything before loading the model
+    plan = answer_plan(args)  # policies, --set and --grid: validated before the model loads
     task_configs = [SyntheticTaskConfig(task=task, haystack=args.haystack, num_keys=args.num_keys, num_hops=args.num_hops)
                     for task in dict.fromkeys(args.tasks)]
-    decode = DecodeConfig(chunk_size=args.chunk_size, max_new_tokens=args.max_new_tokens)
+    DecodeConfig(chunk_size=args.chunk_size, max_new_tokens=args.max_new_tokens)
     _check_grid(args)
-    haystack_text = load_text(args.haystack)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    device = str(next(model.parameters()).device)
-    warn_beyond_positions(model, max(args.lengths), args.max_new_tokens)
-    configs = [size_for_comparison(config, model, args.cache_bytes) for config in configs]
-    haystack_ids = tokenizer(haystack_text, add_special_tokens=False)["input_ids"]
-    prompt_format, stop = PromptFormat(tokenizer), stop_token_ids(tokenizer)
+    load_text(args.haystack)  # a missing haystack fails now
+    cells = [
+        TaskCell(Answering(label, spec, args.model, args.dtype, args.device, args.chunk_size, cache_bytes, reference),
+                 task_config, length, depth, index, args.seed, args.max_new_tokens)
+        for task_config in task_configs for length in args.lengths for depth in args.depths
+        for index in range(args.samples) for label, spec, cache_bytes, reference in plan
+    ]
+
+    def logged(cell: TaskCell, record: dict[str, Any]) -> None:
+        log.info("%s %s L=%d d=%g #%d: score %.2f, expected %s, got %r", cell.answering.label, cell.task.task,
+                 cell.length, cell.depth, cell.sample, record["score"], record["answers"], record["prediction"])
+
     output_dir = Path(args.output_dir)
-    records = []
-    for task_config in task_configs:
-        for length in args.lengths:
-            for depth in args.depths:
-                for index in range(args.samples):
-                    sample = build_sample(task_config, tokenizer, haystack_ids, length=length, depth=depth,
-                                          sample=index, seed=args.seed, prompt_format=prompt_format)
-                    for text, config in zip(args.policies, configs):
-                        identity = {
-                            "label": text, "policy": config.name, "params": config.to_dict(),
-                            "task": task_config.task, "task_config": asdict(task_config), "length": length,
-                            "depth": depth, "sample": index, "seed": args.seed, "model": args.model,
-                            "chunk_size": decode.chunk_size, "max_new_tokens": decode.max_new_tokens,
-                            "dtype": args.dtype, "device": device, "cache_bytes_target": args.cache_bytes,
-                        }
-                        path = record_path(output_dir, identity, _record_name(identity))
-                        record, ran = load_or_run(path, identity, lambda: _run_cell(
-                            model, tokenizer, config, sample, decode, stop), force=args.force)
-                        records.append(record)
-                        if ran:
-                            log.info("%s %s L=%d d=%g #%d: score %.2f, expected %s, got %r", text, task_config.task,
-                                     length, depth, index, record["score"], record["answers"], record["prediction"])
-    command = _command_line(args)
-    header = (
-        f"# streaming_llm tasks\n\nCommand: `{command}`\n\nModel `{args.model}`, haystack `{args.haystack}`, "
-        f"seed {args.seed}, {args.samples} sample(s) per cell, chunk size {decode.chunk_size}, "
-        f"at most {decode.max_new_tokens} new tokens, {args.dtype} on {device}. Accuracy = mean score "
-        "(passkey/needle/multikey: the value appears in the answer; vartrack: share of the variables named).\n"
-    )
-    write_reports(output_dir, records, header)
-    print(console_table(aggregate(records), RESULT_COLUMNS))
-    print(f"\nreport: {output_dir / 'results.md'}")
-    return 0
+    executor = executor_from_args(args, LocalExecutor("tasks", "cell", keep_going=False))
+    records, failures = run_units(cells, RunStore(output_dir / "records", RECORD_FIELDS), executor, force=args.force,
+                                  progress=not args.quiet, on_ran=logged)
+    if records:
+        device = records[0]["device"]
+        header = (
+            f"# streaming_llm tasks\n\nCommand: `{_command_line(args)}`\n\nModel `{args.model}`, haystack "
+            f"`{args.haystack}`, seed {args.seed}, {args.samples} sample(s) per cell, chunk size {args.chunk_size}, "
+            f"at most {args.max_new_tokens} new tokens, {args.dtype} on {device}. Accuracy = mean score "
+            "(passkey/needle/multikey: the value appears in the answer; vartrack: share of the variables named).\n"
+        )
+        write_reports(output_dir, records, header)
+        print(console_table(aggregate(records), RESULT_COLUMNS))
+        print(f"\nreport: {output_dir / 'results.md'}")
+    return report_failures(failures)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..checks import check_int
 from .scoring import LONGBENCH_METRICS, ZEROSCROLLS_METRICS, longbench_score, zeroscrolls_score
 
 LONGBENCH_DATASET = "THUDM/LongBench"
@@ -179,15 +180,9 @@ def _hub_rows(dataset: str, config: str, split: str) -> list[dict[str, Any]]:
         ) from error
 
 
-def _check_count(name: str, value: Any, alternative: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1{alternative}; got {value!r}")
-
-
 def _load(task: str, source: str, split: str, candidates: Sequence[str],
           make: Callable[[str, dict[str, Any]], BenchmarkExample], num_samples: int | None) -> list[BenchmarkExample]:
-    if num_samples is not None:
-        _check_count("num_samples", num_samples, " or None")
+    check_int("num_samples", num_samples, 1, optional=True)
     rows = _local_rows(source, candidates)
     if rows is None:
         rows = _hub_rows(source, task, split)
@@ -257,10 +252,9 @@ class BenchmarkConfig:
         if self.source is not None and Path(self.source).expanduser().is_file() and len(self.tasks) > 1:
             raise ValueError(f"source {self.source} is one .jsonl file, which holds one task; "
                              "pass the folder to run several tasks")
-        _check_count("max_length", self.max_length)
+        check_int("max_length", self.max_length, 1)
         for name in ("num_samples", "max_new_tokens"):
-            if getattr(self, name) is not None:
-                _check_count(name, getattr(self, name), " or None")
+            check_int(name, getattr(self, name), 1, optional=True)
 
     @property
     def spec(self) -> Benchmark:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..report import csv_text, markdown_table, write_atomic
+from ..runs import replacing
 
 RESULT_COLUMNS = ("policy", "task", "length", "depth", "accuracy", "samples")
 SCORE_COLUMNS = ("policy", "benchmark", "task", "metric", "score", "samples")
@@ -87,11 +88,8 @@ def new_figure(size: tuple[float, float]):
 
 def save_png(figure, path: str | Path) -> None:
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png", dpi=100)
-    tmp.replace(path)  # readers never see half a PNG
+    with replacing(path) as tmp:  # readers never see half a PNG
+        figure.savefig(tmp, format="png", dpi=100)
 
 
 def plot_heatmap(rows: Sequence[dict[str, Any]], policy: str, task: str, path: str | Path) -> None:

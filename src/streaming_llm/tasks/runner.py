@@ -19,6 +19,7 @@ import torch
 
 from ..api import cache_from_config
 from ..cache import BoundedCache
+from ..checks import check_int
 from ..compat import cache_kwargs
 from ..evaluation.memory import peak_rss_bytes
 from ..policies import PolicyConfig
@@ -36,9 +37,7 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "max_new_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+            check_int(name, getattr(self, name), 1)
 
 
 @dataclass

@@ -29,6 +29,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..checks import check_fraction, check_int
 from .prompting import Prompt, PromptFormat, PromptParts
 
 TASK_NAMES = ("passkey", "needle", "multikey", "vartrack")
@@ -69,9 +70,7 @@ class SyntheticTaskConfig:
         if not isinstance(self.haystack, str) or not self.haystack:
             raise ValueError(f"haystack must be a file path or builtin:NAME; got {self.haystack!r}")
         for name, minimum, maximum in (("num_keys", 2, len(KEY_WORDS)), ("num_hops", 1, 64), ("value_digits", 2, 12)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-                raise ValueError(f"{name} must be an integer in [{minimum}, {maximum}]; got {value!r}")
+            check_int(name, getattr(self, name), minimum, maximum)
 
 
 @dataclass(frozen=True)
@@ -289,12 +288,9 @@ def build_sample(
     prompt_format: PromptFormat | None = None,
 ) -> TaskSample:
     """One prompt of ``length`` tokens with the asked needle at ``depth`` of its context."""
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(f"length must be an integer >= 1; got {length!r}")
-    if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth must be a number in [0, 1]; got {depth!r}")
-    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
-        raise ValueError(f"sample must be an integer >= 0; got {sample!r}")
+    check_int("length", length, 1)
+    check_fraction("depth", depth)
+    check_int("sample", sample, 0)
     content_rng = random.Random(f"{seed}:{config.task}:{sample}")
     haystack_fraction = content_rng.random()  # drawn first: where the text starts is part of the content
     content = GENERATORS[config.task](content_rng, config)
