@@ -6,6 +6,7 @@ import torch
 
 from .adms_cache import ADMSKVCache
 from .cache import BoundedCache
+from .memory import SUFFIX, memory_params
 from .policies import PolicyConfig, make_policy_config
 
 
@@ -19,12 +20,16 @@ def cache_from_config(model: torch.nn.Module, config: PolicyConfig) -> BoundedCa
     return config.cache_class().from_model(model, config)
 
 
-def make_cache(model: torch.nn.Module, policy: str = "streaming", **params) -> BoundedCache:
+def make_cache(model: torch.nn.Module, policy: str = "streaming", memory: dict | None = None, **params) -> BoundedCache:
     """A fresh bounded cache for ``model``.
 
     ``policy`` is one of :func:`streaming_llm.list_policies`; ``params`` are that policy's
-    parameters (see its config dataclass). Bad names or values raise ``ValueError``.
+    parameters (see its config dataclass). ``memory``: parameters of the external memory tier
+    (:class:`streaming_llm.memory.MemoryConfig`, e.g. ``{"block_size": 64, "recall_blocks": 4}``),
+    which wraps the policy (``policy + "+memory"``). Bad names or values raise ``ValueError``.
     """
+    if memory is not None:
+        policy, params = policy + SUFFIX, {**params, **memory_params(memory)}
     return cache_from_config(model, make_policy_config(policy, **params))
 
 

@@ -109,6 +109,17 @@ def grouped_values(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return torch.matmul(stacked, value).reshape(batch, heads, q, value.shape[-1])
 
 
+def _join_recalled(recalled, key, value, mask, bias):
+    """Keys/values with the recalled ``(1, H_kv, R, D)`` slots first; the mask and bias widened to match."""
+    recalled_keys, recalled_values = recalled
+    r = recalled_keys.shape[-2]
+    if mask is not None:
+        mask = torch.cat([mask.new_ones(mask.shape[0], r), mask], dim=-1)
+    if bias is not None:
+        bias = torch.cat([bias.new_zeros(bias.shape[0], r), bias], dim=-1)
+    return torch.cat([recalled_keys, key], dim=-2), torch.cat([recalled_values, value], dim=-2), mask, bias
+
+
 def bounded_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention over the slots a bounded cache layer returned. Shapes: query ``(B, H_q, q, D)``,
     key/value ``(B, H_kv, n, D)``; returns ``((B, q, H_q, D), None)`` like transformers' functions."""
@@ -120,6 +131,9 @@ def bounded_attention(module, query, key, value, attention_mask, scaling=None, d
     q_len, n = query.shape[-2], key.shape[-2]
     mask = chunk_causal_mask(q_len, n, query.device, kwargs.get("sliding_window"))
     bias = layer.attention_bias() if layer is not None else None
+    active_key, recalled = key, (layer.recall(query, n) if layer is not None else None)
+    if recalled is not None:  # memory tier: R recalled slots before the active ones, visible to every query
+        key, value, mask, bias = _join_recalled(recalled, key, value, mask, bias)
     if layer is None or not layer.policy.needs_attention:
         if bias is not None:
             bias = _expand_heads(bias.to(query.dtype), query.shape[1])
@@ -133,12 +147,12 @@ def bounded_attention(module, query, key, value, attention_mask, scaling=None, d
         scores = scores + _expand_heads(bias.float(), query.shape[1])
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    read = layer.policy.read_mask(query, key)
+    read = layer.policy.read_mask(query, active_key)
     if read is not None:
-        scores = scores.masked_fill(~read, float("-inf"))
+        scores[..., -n:] = scores[..., -n:].masked_fill(~read, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = grouped_values(probs.to(value.dtype), value)
-    layer.after_attention(probs)
+    layer.after_attention(probs[..., -n:])  # the policy scores its own slots only
     return out.transpose(1, 2).contiguous(), None
 
 

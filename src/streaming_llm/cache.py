@@ -73,6 +73,9 @@ class BoundedLayer(CacheLayerMixin):
     """One decoder layer's bounded KV storage, delegating the choice of slots to a policy."""
 
     is_compileable = False
+    #: the external memory tier (:class:`streaming_llm.memory.LayerMemory`), attached by
+    #: ``streaming_llm.memory.attach_memory``; it receives the slots :meth:`_keep` drops
+    memory = None
 
     def __init__(self, policy: LayerPolicy, position_strategy: PositionStrategy | None = None,
                  layer_type: str = "full_attention", is_sliding: bool = False):
@@ -154,6 +157,8 @@ class BoundedLayer(CacheLayerMixin):
         self.is_initialized = False
         self.seen_tokens = 0
         self.positions = torch.empty(0, 0, dtype=torch.long)
+        if self.memory is not None:
+            self.memory.reset()
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("BoundedCache cannot be cropped: evicted tokens are gone")
@@ -169,6 +174,11 @@ class BoundedLayer(CacheLayerMixin):
     def attention_bias(self) -> torch.Tensor | None:
         """Logit bias ``(H_kv, n)`` for the slots the last update returned, or ``None``."""
         return self.returned_bias
+
+    def recall(self, query: torch.Tensor, active_slots: int):
+        """Recalled ``(keys, values)`` ``(1, H_kv, R, D)`` for this forward's ``query`` from the
+        memory tier, or ``None`` (no memory, nothing recallable)."""
+        return None if self.memory is None else self.memory.recall(self, query, active_slots)
 
     def after_attention(self, probs: torch.Tensor) -> None:
         """Called by the attention hook with this step's probabilities ``(B, H_q, q, n)``."""
@@ -188,7 +198,8 @@ class BoundedLayer(CacheLayerMixin):
         kv = self.policy.stored_bytes()
         if kv is None:
             kv = self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
-        return kv + self.positions.numel() * POSITION_BYTES + self.policy.state_bytes()
+        recall = 0 if self.memory is None else self.memory.active_bytes()  # recall slots are active too
+        return kv + self.positions.numel() * POSITION_BYTES + self.policy.state_bytes() + recall
 
     def end_step(self) -> None:
         """The policy's end-of-step selection (see :meth:`LayerPolicy.end_step`)."""
@@ -198,6 +209,8 @@ class BoundedLayer(CacheLayerMixin):
         """Keep slots ``keep``: ``(T',)`` in every head, ``(H_kv, T')`` per head, or new slots."""
         if keep is None:
             return
+        if self.memory is not None:
+            self.memory.offload(self, keep)  # evicted is not gone: the dropped slots go to the passive store
         if isinstance(keep, SlotRewrite):
             self.keys, self.values, self.positions = keep.keys, keep.values, keep.positions
             return
@@ -268,14 +281,19 @@ class BoundedCache(Cache):
     @property
     def needs_attention_hook(self) -> bool:
         """Whether some layer's policy needs the attention hook (scores or logit biases)."""
-        return any(layer.policy.needs_attention or layer.policy.needs_logit_bias for layer in self.layers)
+        return any(layer.policy.needs_attention or layer.policy.needs_logit_bias or layer.memory is not None
+                   for layer in self.layers)
 
     def attach(self, model: torch.nn.Module, layout: ModelLayout | None = None) -> "BoundedCache":
         """Open the :class:`~streaming_llm.session.Session` that installs on ``model`` what this
         cache needs (done by :meth:`from_model`); :meth:`disable` closes it. Returns the cache."""
         if self._session is not None:
             raise RuntimeError("this cache is already attached to a model; call disable() first")
-        self._session = Session(model, self, layout or describe_model(model)).open()
+        layout = layout or describe_model(model)
+        prepare = getattr(self.config, "prepare_cache", None)  # e.g. the memory tier joins its stores to the layers
+        if prepare is not None:
+            prepare(self, layout)
+        self._session = Session(model, self, layout).open()
         return self
 
     def refresh_session(self) -> None:
@@ -374,9 +392,14 @@ class BoundedCache(Cache):
         """The policies' counters (e.g. keys read by sparse attention), summed over layers."""
         totals: dict[str, float] = {}
         for layer in self.layers:
-            for key, value in layer.policy.stats().items():
+            memory = {} if layer.memory is None else {f"memory_{k}": v for k, v in layer.memory.stats().items()}
+            for key, value in {**layer.policy.stats(), **memory}.items():
                 totals[key] = totals.get(key, 0) + value
         return totals
+
+    def passive_bytes(self) -> int:
+        """Bytes of the memory tier's passive stores (not in :meth:`cache_bytes`; 0 without memory)."""
+        return sum(layer.memory.passive_bytes() for layer in self.layers if layer.memory is not None)
 
     @property
     def stats(self) -> dict[str, float]:

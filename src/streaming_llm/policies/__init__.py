@@ -27,6 +27,11 @@ def list_policies() -> list[str]:
 
 
 def get_policy_config_class(policy: str) -> type[PolicyConfig]:
+    """The config class of ``policy``; ``"<name>+memory"`` wraps ``<name>`` with the memory tier."""
+    if isinstance(policy, str) and policy.endswith("+memory"):
+        from ..memory import with_memory
+
+        return with_memory(get_policy_config_class(policy[: -len("+memory")]))
     try:
         return REGISTRY[policy]
     except (KeyError, TypeError):

@@ -21,6 +21,7 @@ from ..api import cache_from_config
 from ..cache import BoundedCache
 from ..checks import check_int
 from ..compat import cache_kwargs
+from ..evaluation.memory import peak_rss_bytes
 from ..policies import PolicyConfig
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def answer_prompt(model: torch.nn.Module, tokenizer, config: PolicyConfig, promp
     with cache_from_config(model, config) as cache:  # gives the model its attention back afterwards
         generation = greedy_generate(model, cache, prompt_ids, decode, stop_ids)
         budget = cache.max_slots()
+        stats, passive = cache.policy_stats(), cache.passive_bytes()
     prediction = tokenizer.decode(generation.tokens, skip_special_tokens=True)
     return {
         "prediction": prediction,
@@ -127,6 +129,9 @@ def answer_prompt(model: torch.nn.Module, tokenizer, config: PolicyConfig, promp
         "cache_tokens_max": generation.cache_tokens_max,
         "cache_bytes_max": generation.cache_bytes_max,
         "cache_budget_tokens": budget,
+        "policy_stats": stats,  # with memory: recall counts, LRU hits, bytes moved
+        "passive_bytes": passive,
+        "peak_rss_bytes": peak_rss_bytes(),  # the process's high-water mark so far (passive store included)
     }
 
 

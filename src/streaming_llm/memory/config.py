@@ -1,0 +1,95 @@
+"""``MemoryConfig``: the parameters of the external (passive) memory tier, validated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..checks import check_int
+
+SUMMARIES = ("representative", "minmax")
+PLACEMENTS = ("beyond_window", "ordered")
+STORE_DTYPES = ("model", "int8")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Parameters
+    ----------
+    block_size:
+        Evicted tokens per passive block (>= 1). Blocks are per KV head; a block is sealed, and
+        can be recalled, once every head has evicted ``block_size`` tokens since the last one.
+    recall_blocks:
+        Blocks recalled per layer and KV head into each forward's attention (>= 0; 0 = offload only).
+    summary:
+        How a block is scored by the queries: ``"representative"`` (InfLLM: the block's
+        ``representatives`` tokens most attended by the recent queries, scored by their best dot
+        product) or ``"minmax"`` (Quest: per-dimension min/max key bounds, scored by the upper bound
+        ``sum_d max(q_d min_d, q_d max_d)``).
+    representatives:
+        Representative keys per block for ``summary="representative"`` (1 .. block_size).
+    placement:
+        Positions of the recalled tokens: ``"beyond_window"`` (InfLLM: every recalled token at one
+        position, just before the oldest active slot) or ``"ordered"`` (recalled tokens in their
+        original order at contiguous positions ending just before the oldest active slot).
+    recall_interval:
+        Forwards (prefill chunks or decode steps) a selection is reused for (>= 1; 1 = select every forward).
+    lru_blocks:
+        Blocks per layer and KV head kept on the active device, the most recently recalled
+        (>= recall_blocks; ``None`` = recall_blocks). They are the recall slots counted in the active bytes.
+    passive_blocks:
+        Most blocks the passive store keeps per layer (``None`` = unbounded); beyond it the
+        least-recalled block is dropped (the oldest among equals). Must be >= recall_blocks.
+    store_dtype:
+        ``"model"`` (the model's dtype) or ``"int8"`` (per-token absmax int8 rows plus one scale each).
+    score_queries:
+        Queries per KV head group a prefill chunk scores blocks with: its last ``score_queries`` (>= 1).
+    """
+
+    block_size: int = 64
+    recall_blocks: int = 4
+    summary: Literal["representative", "minmax"] = "representative"
+    representatives: int = 4
+    placement: Literal["beyond_window", "ordered"] = "beyond_window"
+    recall_interval: int = 1
+    lru_blocks: int | None = None
+    passive_blocks: int | None = None
+    store_dtype: Literal["model", "int8"] = "model"
+    score_queries: int = 64
+
+    def __post_init__(self) -> None:
+        check_int("memory_block_size", self.block_size, 1)
+        check_int("memory_recall_blocks", self.recall_blocks, 0)
+        _check_choice("memory_summary", self.summary, SUMMARIES)
+        check_int("memory_representatives", self.representatives, 1)
+        if self.representatives > self.block_size:
+            raise ValueError(f"memory_representatives must be <= memory_block_size ({self.block_size}); "
+                             f"got {self.representatives}")
+        _check_choice("memory_placement", self.placement, PLACEMENTS)
+        check_int("memory_recall_interval", self.recall_interval, 1)
+        if self.lru_blocks is not None:
+            check_int("memory_lru_blocks", self.lru_blocks, max(self.recall_blocks, 1))
+        if self.passive_blocks is not None:
+            check_int("memory_passive_blocks", self.passive_blocks, 1)
+            if self.passive_blocks < self.recall_blocks:
+                raise ValueError(
+                    f"memory_recall_blocks={self.recall_blocks} is more than the passive store holds "
+                    f"(memory_passive_blocks={self.passive_blocks}); allowed: recall_blocks <= passive_blocks"
+                )
+        _check_choice("memory_store_dtype", self.store_dtype, STORE_DTYPES)
+        check_int("memory_score_queries", self.score_queries, 1)
+
+    @property
+    def device_blocks(self) -> int:
+        """Blocks per layer and KV head resident on the active device (the recall slots)."""
+        return self.recall_blocks if self.lru_blocks is None else self.lru_blocks
+
+    @property
+    def recall_slots(self) -> int:
+        """Slots per layer the recall tier holds on the active device."""
+        return self.device_blocks * self.block_size
+
+
+def _check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")

@@ -1,0 +1,262 @@
+"""``LayerMemory``: one decoder layer's passive store, its block summaries and its recall.
+
+The cache layer hands it the slots its policy evicts (:meth:`LayerMemory.offload`, from
+``BoundedLayer._keep``); the attention hook asks it, with this forward's queries, for the recalled
+keys and values to attend to next to the active slots (:meth:`LayerMemory.recall`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..protocol import POSITION_BYTES, SlotRewrite
+from .config import MemoryConfig
+from .placement import recall_positions
+from .store import BlockStore
+from .summaries import make_summary
+
+
+def evicted_rows(keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, keep,
+                 already: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+    """Per KV head, the rows ``(E_h, D)`` of ``keys``/``values`` ``(1, H_kv, T, D)`` and their
+    positions ``(E_h,)`` that selection ``keep`` drops: the complement of the kept indices
+    (``(T',)`` or ``(H_kv, T')``), or for a :class:`SlotRewrite` the stored positions that no new
+    row carries and that ``already`` ``(H_kv, P)`` (positions offloaded before) does not mark."""
+    heads, total = positions.shape
+    if isinstance(keep, SlotRewrite):
+        leaving = torch.stack([~torch.isin(positions[h], keep.positions[h].cpu()) for h in range(heads)])
+        if already is not None:
+            inside = positions.clamp(max=already.shape[-1] - 1)
+            leaving &= ~(already.gather(-1, inside) & (positions < already.shape[-1]))
+    elif keep.dim() == 1:
+        leaving = torch.ones(total, dtype=torch.bool)
+        leaving[keep.cpu()] = False
+        leaving = leaving.expand(heads, total)
+    else:
+        leaving = torch.ones(heads, total, dtype=torch.bool).scatter_(1, keep.cpu(), False)
+    if not bool(leaving.any()):
+        return None
+    rows = []
+    for head in range(heads):
+        index = leaving[head].nonzero().flatten()
+        device_index = index.to(keys.device)
+        rows.append((keys[0, head].index_select(0, device_index), values[0, head].index_select(0, device_index),
+                     positions[head, index]))
+    return rows
+
+
+class DeviceLRU:
+    """Per KV head, ``capacity`` block slots on the active device holding the blocks recalled
+    most recently, so a block recalled again is not copied again."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.keys: torch.Tensor | None = None  # (H_kv, C, bs, D)
+        self.values: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None  # (H_kv, C, bs) original positions, CPU
+        self.slot_of: list[dict[int, int]] = []  # per head: block id -> slot
+        self.last_used: list[list[int]] = []
+        self.clock = 0
+
+    def nbytes(self) -> int:
+        if self.keys is None:
+            return 0
+        return (self.keys.numel() * self.keys.element_size() * 2) + self.positions.numel() * POSITION_BYTES
+
+    def _allocate(self, heads: int, block_size: int, head_dim: int, device, dtype) -> None:
+        self.keys = torch.zeros(heads, self.capacity, block_size, head_dim, device=device, dtype=dtype)
+        self.values = torch.zeros_like(self.keys)
+        self.positions = torch.zeros(heads, self.capacity, block_size, dtype=torch.long)
+        self.slot_of = [{} for _ in range(heads)]
+        self.last_used = [[-1] * self.capacity for _ in range(heads)]
+
+    def fetch(self, store: BlockStore, selection: torch.Tensor, head_dim: int, device, dtype) -> dict[str, int]:
+        """Make the blocks ``selection`` ``(H_kv, k)`` (store indices) resident; returns the
+        hits, misses and bytes moved. Read them with :meth:`gather`."""
+        heads = selection.shape[0]
+        if self.keys is None:
+            self._allocate(heads, store.block_size, head_dim, device, dtype)
+        self.clock += 1
+        counts = {"lru_hits": 0, "lru_misses": 0, "bytes_moved": 0}
+        self._slots = torch.empty_like(selection)
+        for head in range(heads):
+            wanted = [store.ids[i] for i in selection[head].tolist()]
+            slot_of, last_used = self.slot_of[head], self.last_used[head]
+            for column, (index, block_id) in enumerate(zip(selection[head].tolist(), wanted)):
+                slot = slot_of.get(block_id)
+                if slot is None:
+                    busy = {slot_of[b] for b in wanted if b in slot_of}
+                    slot = min((s for s in range(self.capacity) if s not in busy), key=last_used.__getitem__)
+                    for stale in [b for b, s in slot_of.items() if s == slot]:
+                        del slot_of[stale]
+                    keys, moved_k = store.keys[index].head(head, device, dtype)
+                    values, moved_v = store.values[index].head(head, device, dtype)
+                    self.keys[head, slot], self.values[head, slot] = keys, values
+                    self.positions[head, slot] = store.positions[index][head]
+                    slot_of[block_id] = slot
+                    counts["lru_misses"] += 1
+                    counts["bytes_moved"] += moved_k + moved_v + store.block_size * POSITION_BYTES
+                else:
+                    counts["lru_hits"] += 1
+                last_used[slot] = self.clock
+                self._slots[head, column] = slot
+        return counts
+
+    def gather(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The blocks of the last :meth:`fetch`: keys, values ``(H_kv, k * bs, D)`` and original
+        positions ``(H_kv, k * bs)``, blocks in selection order."""
+        heads, k = self._slots.shape
+        rows = torch.arange(heads)[:, None]
+        slots = self._slots
+        keys = self.keys[rows, slots.to(self.keys.device)].reshape(heads, -1, self.keys.shape[-1])
+        values = self.values[rows, slots.to(self.keys.device)].reshape(heads, -1, self.values.shape[-1])
+        positions = self.positions[rows, slots].reshape(heads, -1)
+        return keys, values, positions
+
+    def forget(self) -> None:
+        """Drop every resident block (the store's indices changed)."""
+        self.slot_of = [{} for _ in self.slot_of]
+
+
+class LayerMemory:
+    """Passive store + summaries + device LRU of one layer, re-positioning keys with ``strategy``."""
+
+    def __init__(self, config: MemoryConfig, strategy):
+        self.config = config
+        self.strategy = strategy
+        self.reset()
+
+    def reset(self) -> None:
+        config = self.config
+        self.store = BlockStore(config.block_size, int8=config.store_dtype == "int8")
+        self.summarizer = make_summary(config.summary, config.representatives)
+        self.summaries: torch.Tensor | None = None  # (N, H_kv, ...) on the active device
+        self.lru = DeviceLRU(config.device_blocks)
+        self.query_hint: torch.Tensor | None = None  # (H_kv, D) mean position-free query of the last forward
+        self._selection: torch.Tensor | None = None
+        self._selection_age = 0
+        self._offloaded: torch.Tensor | None = None  # (H_kv, P) bool, for rewriting policies
+        self.kv_heads: int | None = None  # known from the first offload
+        self.counters = {"offloaded_slots": 0, "recall_forwards": 0, "recalled_blocks": 0, "lru_hits": 0,
+                         "lru_misses": 0, "bytes_moved": 0, "dropped_blocks": 0}
+
+    # -- offload --------------------------------------------------------------------------
+    def offload(self, layer, keep) -> None:
+        """Store the slots ``keep`` drops from ``layer`` (before the layer applies it)."""
+        if keep is None or not layer.is_initialized:
+            return
+        if layer.keys.is_cuda:
+            self.store.pin = True
+        self.kv_heads = layer.positions.shape[0]
+        rewrite = isinstance(keep, SlotRewrite)
+        rows = evicted_rows(layer.keys, layer.values, layer.positions, keep, self._offloaded if rewrite else None)
+        if rows is None:
+            return
+        if rewrite:
+            self._mark_offloaded(rows, layer.seen_tokens)
+        keys, values, positions = [], [], []
+        for k, v, p in rows:
+            # undo RoPE: rotate each key back by its own position, so it can be placed anywhere later
+            keys.append(self.strategy.shift_keys(k[None, None], -p)[0, 0].cpu())
+            values.append(v.cpu())
+            positions.append(p)
+            self.counters["offloaded_slots"] += int(p.numel())
+        self.store.add(keys, values, positions)
+        self._seal_full_blocks(layer)
+
+    def _mark_offloaded(self, rows, seen_tokens: int) -> None:
+        heads = len(rows)
+        if self._offloaded is None or self._offloaded.shape[-1] < seen_tokens:
+            grown = torch.zeros(heads, max(seen_tokens, 2 * (0 if self._offloaded is None else self._offloaded.shape[-1])),
+                                dtype=torch.bool)
+            if self._offloaded is not None:
+                grown[:, : self._offloaded.shape[-1]] = self._offloaded
+            self._offloaded = grown
+        for head, (_, _, p) in enumerate(rows):
+            self._offloaded[head, p] = True
+
+    def _seal_full_blocks(self, layer) -> None:
+        while (block := self.store.take_block()) is not None:
+            keys, values, positions = block
+            summary = self.summarizer.summarize(keys.to(layer.device), self.query_hint)[None]
+            self.store.seal(keys, values, positions, layer.seen_tokens)
+            self.summaries = summary if self.summaries is None else torch.cat([self.summaries, summary])
+            passive = self.config.passive_blocks
+            if passive is not None and len(self.store) > passive:
+                index = self.store.drop_least_recalled()
+                self.summaries = torch.cat([self.summaries[:index], self.summaries[index + 1 :]])
+                self.counters["dropped_blocks"] += 1
+                self._selection = None
+                self.lru.forget()
+
+    # -- recall ---------------------------------------------------------------------------
+    def recall(self, layer, query: torch.Tensor, active_slots: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Recalled ``(1, H_kv, R, D)`` keys (placed, see :mod:`.placement`) and values for this
+        forward's ``query`` ``(1, H_q, q, D)`` (rotated at its absolute positions, the last of them
+        at ``seen - 1``), or ``None``. ``active_slots``: slots the layer returned for this forward."""
+        config = self.config
+        queries = query[..., -config.score_queries :, :]
+        self._update_query_hint(queries, layer.seen_tokens)
+        available = self.store.recallable(layer.seen_tokens)
+        if config.recall_blocks == 0 or available == 0:
+            return None
+        first = layer.seen_tokens - active_slots  # position the oldest active slot is presented at
+        selection = self._select(queries, first, available)
+        counts = self.lru.fetch(self.store, selection, query.shape[-1], query.device, layer.dtype)
+        for name, value in counts.items():
+            self.counters[name] += value
+        keys, values, original = self.lru.gather()
+        order, target = recall_positions(config.placement, original, first)
+        device_order = order.to(keys.device)[..., None].expand(-1, -1, keys.shape[-1])
+        keys, values = keys.gather(1, device_order), values.gather(1, device_order)
+        placed = self.strategy.shift_keys(keys[None], target)
+        return placed, values[None]
+
+    def _grouped(self, queries: torch.Tensor) -> torch.Tensor:
+        """``(1, H_q, L, D)`` -> ``(H_kv, G * L, D)``: query head ``h`` reads KV head ``h // G``."""
+        _, heads, length, dim = queries.shape
+        return queries[0].reshape(self.kv_heads, (heads // self.kv_heads) * length, dim)
+
+    def _update_query_hint(self, queries: torch.Tensor, seen_tokens: int) -> None:
+        if self.kv_heads is None:
+            return  # nothing offloaded yet: the KV head count is not known and no block needs a hint
+        length = queries.shape[-2]
+        free = self.strategy.shift_keys(queries, -torch.arange(seen_tokens - length, seen_tokens))
+        self.query_hint = self._grouped(free).float().mean(dim=1)
+
+    def _select(self, queries: torch.Tensor, first: int, available: int) -> torch.Tensor:
+        """Store indices ``(H_kv, k)`` of the blocks to recall: the last selection while it is
+        younger than ``recall_interval`` forwards, else the top-scored."""
+        config = self.config
+        self.counters["recall_forwards"] += 1
+        if self._selection is not None and self._selection_age + 1 < config.recall_interval:
+            self._selection_age += 1
+            return self._selection
+        # rotate the queries so that a position-free key scores as if placed at ``first - 1``
+        length = queries.shape[-2]
+        at_distance = self.strategy.shift_keys(queries, torch.full((length,), -(first - 1), dtype=torch.long))
+        scores = self.summarizer.score(self.summaries[:available], self._grouped(at_distance))  # (H_kv, N)
+        k = min(config.recall_blocks, available)
+        selection = scores.topk(k, dim=-1).indices.cpu()
+        for index in selection.unique().tolist():
+            self.store.recalls[index] += 1
+        self.counters["recalled_blocks"] += selection.numel()
+        self._selection, self._selection_age = selection, 0
+        return selection
+
+    # -- bytes and counters ---------------------------------------------------------------
+    def active_bytes(self) -> int:
+        """Bytes the recall tier holds on the active device: the LRU's block slots (what attention reads)."""
+        return self.lru.nbytes()
+
+    def summary_bytes(self) -> int:
+        return 0 if self.summaries is None else self.summaries.numel() * self.summaries.element_size()
+
+    def passive_bytes(self) -> int:
+        """Bytes of the passive store: blocks, pending rows, positions, summaries."""
+        marks = 0 if self._offloaded is None else self._offloaded.numel()
+        return self.store.nbytes() + self.summary_bytes() + marks
+
+    def stats(self) -> dict[str, float]:
+        return {**self.counters, "passive_bytes": self.passive_bytes(), "summary_bytes": self.summary_bytes(),
+                "passive_blocks": len(self.store)}

@@ -1,0 +1,272 @@
+"""The external memory tier (issue 16): offload, summaries, recall, placement, bytes, interfaces."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_model
+from test_architectures import build
+from streaming_llm import UnsupportedModelError, make_cache, make_policy_config
+from streaming_llm.cache import BoundedLayer
+from streaming_llm.cli import main
+from streaming_llm.compat import cache_kwargs
+from streaming_llm.evaluation.runs import RunSpec
+from streaming_llm.memory import LayerMemory, MemoryConfig
+from streaming_llm.policies.streaming import SinksAndRecent
+from streaming_llm.positions import RotateHalfRoPE
+from streaming_llm.sizing import cache_bytes_of, size_for_comparison
+
+HEADS, DIM = 2, 16
+ROPE = RotateHalfRoPE(1.0 / (10000 ** (torch.arange(0, DIM, 2).float() / DIM)))
+MEMORY = {"block_size": 8, "recall_blocks": 2}
+# policies x params, simplest first, each with room for two 8-token blocks to recall
+WRAPPED = [
+    ("streaming", {"start_size": 4, "recent_size": 28}),
+    ("h2o", {"heavy_size": 16, "recent_size": 16}),
+    ("tova", {"cache_size": 32}),
+    ("snapkv", {"cache_size": 40, "window_size": 8}),
+    ("adms", {"start_size": 4, "recent_size": 16, "compressed_budget": 8, "enable_dynamic_sink": False}),
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama")
+
+
+def stream(model, cache, ids: torch.Tensor, chunk: int, check=None) -> torch.Tensor:
+    logits = []
+    with torch.no_grad():
+        for begin in range(0, ids.shape[1], chunk):
+            logits.append(model(input_ids=ids[:, begin : begin + chunk], **cache_kwargs(model, cache), use_cache=True).logits)
+            if check is not None:
+                check(cache)
+    return torch.cat(logits, dim=1)
+
+
+def memory_layer(recent: int = 4, **memory) -> BoundedLayer:
+    """A model-free layer: a plain window of ``recent`` slots whose evictions go to a LayerMemory."""
+    layer = BoundedLayer(SinksAndRecent(0, recent), ROPE)
+    layer.memory = LayerMemory(MemoryConfig(**memory), ROPE)
+    return layer
+
+
+def feed(layer: BoundedLayer, free_keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Update ``layer`` one token at a time with keys rotated at their absolute positions, as a model gives them."""
+    for t in range(free_keys.shape[-2]):
+        rotated = ROPE.shift_keys(free_keys[..., t : t + 1, :], torch.tensor([t]))
+        layer.update(rotated, values[..., t : t + 1, :])
+
+
+def test_offload_then_recall_gives_back_the_kv_with_positions_applied_again():
+    torch.manual_seed(0)
+    keys, values = torch.randn(1, HEADS, 13, DIM), torch.randn(1, HEADS, 13, DIM)
+    layer = memory_layer(recent=4, block_size=8, recall_blocks=1, representatives=8, placement="ordered")
+    feed(layer, keys, values)  # 13 tokens, 4 kept: 9 evicted, one block of the first 8 sealed (one pending)
+    assert len(layer.memory.store) == 1 and layer.memory.store.pending_count(0) == 1
+    query = torch.randn(1, 2 * HEADS, 1, DIM)
+    layer.update(torch.randn(1, HEADS, 1, DIM), torch.randn(1, HEADS, 1, DIM))  # the block is recallable from the next update on
+    recalled_keys, recalled_values = layer.recall(query, active_slots=5)
+    first = layer.seen_tokens - 5  # the oldest active slot's position; the block sits just before it
+    expected = ROPE.shift_keys(keys[..., :8, :], torch.arange(first - 8, first))
+    torch.testing.assert_close(recalled_keys, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(recalled_values, values[..., :8, :])
+
+
+def test_beyond_window_places_every_recalled_token_at_one_position():
+    torch.manual_seed(1)
+    keys, values = torch.randn(1, HEADS, 12, DIM), torch.randn(1, HEADS, 12, DIM)
+    layer = memory_layer(recent=4, block_size=8, recall_blocks=1, representatives=8)
+    feed(layer, keys, values)
+    layer.update(torch.randn(1, HEADS, 1, DIM), torch.randn(1, HEADS, 1, DIM))
+    recalled_keys, _ = layer.recall(torch.randn(1, 2 * HEADS, 1, DIM), active_slots=5)
+    first = layer.seen_tokens - 5
+    torch.testing.assert_close(recalled_keys, ROPE.shift_keys(keys[..., :8, :], torch.full((8,), first - 1)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_int8_store_recalls_the_rows_within_quantisation_error():
+    torch.manual_seed(2)
+    keys, values = torch.randn(1, HEADS, 12, DIM), torch.randn(1, HEADS, 12, DIM)
+    layer = memory_layer(recent=4, block_size=8, recall_blocks=1, store_dtype="int8", placement="ordered")
+    feed(layer, keys, values)
+    layer.update(torch.randn(1, HEADS, 1, DIM), torch.randn(1, HEADS, 1, DIM))
+    _, recalled_values = layer.recall(torch.randn(1, 2 * HEADS, 1, DIM), active_slots=5)
+    step = values[..., :8, :].abs().amax(dim=-1, keepdim=True) / 127
+    assert bool(((recalled_values - values[..., :8, :]).abs() <= step / 2 + 1e-6).all())
+    assert not torch.equal(recalled_values, values[..., :8, :])
+
+
+@pytest.mark.parametrize("summary", ["representative", "minmax"])
+def test_a_planted_key_makes_the_store_recall_its_block(summary):
+    torch.manual_seed(3)
+    tokens, planted = 8 * 12 + 4, 8 * 7 + 3  # 12 blocks; the planted token lies in block 7
+    keys, values = torch.randn(1, HEADS, tokens, DIM) * 0.1, torch.randn(1, HEADS, tokens, DIM)
+    direction = torch.randn(HEADS, DIM)
+    keys[0, :, planted] = 4 * direction
+    layer = memory_layer(recent=4, block_size=8, recall_blocks=1, summary=summary)
+    feed(layer, keys, values)
+    layer.update(torch.randn(1, HEADS, 1, DIM), torch.randn(1, HEADS, 1, DIM))
+    # a query that looks for the planted key, as it would from where the recalled block is placed
+    first = layer.seen_tokens - 5
+    free_query = direction.repeat_interleave(2, dim=0)[None, :, None, :]  # (1, H_q, 1, D)
+    query = ROPE.shift_keys(free_query, torch.tensor([layer.seen_tokens - 1 - (first - 1)]))
+    query = ROPE.shift_keys(query, torch.tensor([first - 1]))
+    layer.recall(query, active_slots=5)
+    assert layer.memory.lru.gather()[2].eq(planted).any(dim=-1).all()
+
+
+def test_recall_interval_reuses_the_selection():
+    torch.manual_seed(4)
+    layer = memory_layer(recent=4, block_size=4, recall_blocks=1, recall_interval=3)
+    feed(layer, torch.randn(1, HEADS, 24, DIM), torch.randn(1, HEADS, 24, DIM))
+    for _ in range(6):
+        layer.update(torch.randn(1, HEADS, 1, DIM), torch.randn(1, HEADS, 1, DIM))
+        layer.recall(torch.randn(1, 2 * HEADS, 1, DIM), active_slots=5)
+    counters = layer.memory.counters
+    assert counters["recall_forwards"] == 6 and counters["recalled_blocks"] == 2 * HEADS  # 2 selections of 1 block per head
+
+
+def test_passive_budget_drops_the_least_recalled_block():
+    torch.manual_seed(5)
+    layer = memory_layer(recent=4, block_size=4, recall_blocks=1, passive_blocks=3)
+    feed(layer, torch.randn(1, HEADS, 40, DIM), torch.randn(1, HEADS, 40, DIM))
+    assert len(layer.memory.store) == 3 and layer.memory.counters["dropped_blocks"] == 6
+    assert layer.memory.summaries.shape[0] == 3
+
+
+@pytest.mark.parametrize("policy,params", WRAPPED, ids=[p for p, _ in WRAPPED])
+def test_recall_blocks_zero_gives_the_wrapped_policys_logits(model, token_stream, policy, params):
+    ids = token_stream[:, :160]
+    with make_cache(model, policy, **params) as plain:
+        expected = stream(model, plain, ids, chunk=16)
+    with make_cache(model, policy, memory={"block_size": 8, "recall_blocks": 0}, **params) as cache:
+        got = stream(model, cache, ids, chunk=16)
+        assert cache.passive_bytes() > 0  # it offloaded, it just recalled nothing
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy,params", WRAPPED, ids=[p for p, _ in WRAPPED])
+def test_active_slots_never_exceed_the_budget(model, token_stream, policy, params):
+    config = make_policy_config(policy + "+memory", **params, **{f"memory_{k}": v for k, v in MEMORY.items()})
+    target = cache_bytes_of(config, model)
+
+    def check(cache):
+        for layer in cache.layers:
+            assert layer.num_slots <= layer.policy.max_slots()
+            recalled = 0 if layer.memory.lru.keys is None else layer.memory.lru.keys.shape[1] * layer.memory.lru.keys.shape[2]
+            assert recalled <= config.memory.recall_slots
+        assert cache.cache_bytes() <= target
+
+    with make_cache(model, policy, memory=MEMORY, **params) as cache:
+        stream(model, cache, token_stream[:, :200], chunk=8, check=check)
+        assert cache.policy_stats()["memory_recalled_blocks"] > 0
+
+
+def test_passive_bytes_grow_by_exactly_the_evicted_slots(model, token_stream):
+    row = HEADS * (2 * 16 * 4 + 8)  # tiny llama: 2 KV heads of 16 dims in fp32, plus an int64 position each
+
+    def check(cache):
+        for layer in cache.layers:
+            assert layer.memory.store.nbytes() == (layer.seen_tokens - layer.num_slots) * row
+
+    with make_cache(model, "streaming", start_size=4, recent_size=28, memory=MEMORY) as cache:
+        stream(model, cache, token_stream[:, :150], chunk=7, check=check)
+        assert cache.passive_bytes() >= sum(layer.memory.store.nbytes() for layer in cache.layers)
+
+
+@pytest.mark.parametrize("policy,params", WRAPPED[:2], ids=[p for p, _ in WRAPPED[:2]])
+def test_generate_gives_the_manual_loops_tokens(model, token_stream, policy, params):
+    prompt, new = token_stream[:, :60], 40
+    with make_cache(model, policy, memory=MEMORY, **params) as cache:
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), **cache_kwargs(model, cache),
+                             max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+        assert cache.policy_stats()["memory_recalled_blocks"] > 0
+    manual, step = [], prompt
+    with make_cache(model, policy, memory=MEMORY, **params) as cache, torch.no_grad():
+        for _ in range(new):
+            step = model(input_ids=step, **cache_kwargs(model, cache), use_cache=True).logits[0, -1].argmax().view(1, 1)
+            manual.append(step.item())
+    assert out[0, prompt.shape[1] :].tolist() == manual
+
+
+def test_equal_memory_counts_the_recall_slots(model):
+    streaming = make_policy_config("streaming", start_size=4, recent_size=60)
+    target = cache_bytes_of(streaming, model)
+    sized = size_for_comparison(RunSpec.parse("streaming+memory:memory_block_size=8,memory_recall_blocks=2").config(),
+                                model, target)
+    assert (sized.start_size, sized.recent_size) == (4, 44)  # 64 slots: 16 recalled + 4 sinks + 44 recent
+    assert cache_bytes_of(sized, model) == target
+    assert sized.to_dict()["memory_recall_blocks"] == 2
+    assert pickle.loads(pickle.dumps(sized)) == sized
+
+
+@pytest.mark.parametrize("memory,match", [
+    ({"recall_blocks": 5, "passive_blocks": 4}, "memory_recall_blocks=5 is more than the passive store holds"),
+    ({"block_size": 64}, "memory_block_size=64 is larger than the policy's budget of 32 slots"),
+    ({"block_size": 0}, "memory_block_size must be an integer >= 1"),
+    ({"summary": "mean"}, "memory_summary must be one of 'representative', 'minmax'"),
+    ({"placement": "anywhere"}, "memory_placement must be one of"),
+    ({"store_dtype": "int4"}, "memory_store_dtype must be one of"),
+    ({"lru_blocks": 1, "recall_blocks": 2}, "memory_lru_blocks must be an integer >= 2"),
+    ({"blocks": 3}, "unknown memory parameter"),
+])
+def test_bad_memory_parameters_are_named(model, memory, match):
+    with pytest.raises(ValueError, match=match):
+        make_cache(model, "streaming", start_size=4, recent_size=28, memory=memory)
+
+
+def test_memory_needs_a_bounded_policy():
+    with pytest.raises(ValueError, match="memory wraps a bounded policy"):
+        make_policy_config("full+memory")
+    with pytest.raises(ValueError, match="already has memory"):
+        make_policy_config("streaming+memory+memory")
+
+
+@pytest.mark.parametrize("name", ["mpt", "gpt2"])
+def test_families_that_cannot_reposition_are_refused(name):
+    with pytest.raises(UnsupportedModelError, match="needs rotary position embeddings"):
+        make_cache(build(name), "streaming", start_size=4, recent_size=28, memory=MEMORY)
+
+
+def test_tasks_command_takes_memory_policies_and_records_their_counters(tiny_model_dir, tmp_path):
+    out = tmp_path / "tasks"
+    streaming = make_policy_config("streaming", start_size=4, recent_size=60)
+    argv = ["tasks", "--model", str(tiny_model_dir), "--policies", "streaming:start_size=4,recent_size=60",
+            "streaming+memory:memory_block_size=16,memory_recall_blocks=2,memory_summary=minmax",
+            "--tasks", "passkey", "--lengths", "400", "--depths", "0.5", "--samples", "1", "--chunk-size", "64",
+            "--max-new-tokens", "4", "--output-dir", str(out), "--quiet"]
+    argv[argv.index("--tasks"):argv.index("--tasks")] = [
+        "--cache-bytes", str(cache_bytes_of(streaming, AutoModelForCausalLM.from_pretrained(tiny_model_dir)))]
+    assert main(argv) == 0
+    records = {path.name.split("-passkey")[0]: json.loads(path.read_text()) for path in (out / "records").glob("*.json")}
+    memory = records["streaming_memory_memory_block_size=16_memory_recall_blocks=2_memory_summary=minmax"]
+    assert memory["policy"] == "streaming+memory" and memory["params"]["memory_summary"] == "minmax"
+    assert memory["params"]["recent_size"] == 28  # 64 slots at equal bytes: 32 recalled + 4 sinks + 28 recent
+    assert memory["policy_stats"]["memory_recalled_blocks"] > 0 and memory["passive_bytes"] > 0
+    assert memory["cache_bytes_max"] <= records["streaming_start_size=4_recent_size=60"]["cache_bytes_max"]
+
+
+def test_sweep_grids_take_memory_policies(tmp_path):
+    from streaming_llm.sweep import load_grid
+
+    path = tmp_path / "g.toml"
+    path.write_text("""
+[scenarios.s]
+model = "m"
+text = "builtin:pioneer-days"
+tokens = 64
+
+[profiles.p]
+equal_memory_to = "streaming"
+policies = ["streaming:start_size=4,recent_size=60", "streaming+memory:memory_block_size=8", { policy = "h2o+memory", memory_recall_blocks = 2, memory_store_dtype = "int8" }]
+""")
+    specs = load_grid(str(path)).profiles["p"].specs
+    configs = [spec.config() for spec in specs]
+    assert [c.name for c in configs] == ["streaming", "streaming+memory", "h2o+memory"]
+    assert configs[1].memory.block_size == 8 and configs[2].memory == MemoryConfig(recall_blocks=2, store_dtype="int8")
