@@ -93,7 +93,8 @@ def test_log_count_bias_equals_duplicated_slots():
 
     def carry(bias):
         policy = SimpleNamespace(needs_attention=False)
-        session.carried = SimpleNamespace(layers=[SimpleNamespace(policy=policy, attention_bias=lambda: bias)])
+        layer = SimpleNamespace(policy=policy, attention_bias=lambda: bias, recall=lambda query, active: None)  # no memory tier
+        session.carried = SimpleNamespace(layers=[layer])
 
     carry(counts.log())
     biased, _ = bounded_attention(module, query, key, value, None)
