@@ -314,3 +314,15 @@ def test_low_rank_slot_costs_a_full_resident_row():
     row = 2 * geometry.head_dim * geometry.element_bytes + 8 + 4 + 13  # K, V, position, score, count/kind/center
     assert low_rank.layer_bytes(*args) == summary.layer_bytes(*args) == low_rank.max_slots * geometry.num_kv_heads * row
     assert math.isclose(low_rank.mid_capacity, 64)
+
+
+def test_adms_cache_takes_adms_configs_only():
+    """ADMSKVCache tells its config by the policy name (it cannot import ADMSConfig without an import
+    cycle); another policy's config is refused, ADMS with the memory tier is accepted."""
+    from streaming_llm.policies import make_policy_config
+
+    with pytest.raises(ValueError, match="config must be an ADMSConfig; got StreamingConfig"):
+        ADMSKVCache(make_policy_config("streaming"), MODEL)
+    cache = ADMSKVCache(make_policy_config("adms+memory", start_size=2, recent_size=64, compressed_budget=8), MODEL)
+    assert isinstance(cache, ADMSKVCache)
+    cache.disable()

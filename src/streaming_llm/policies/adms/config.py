@@ -203,7 +203,7 @@ class ADMSConfig(PolicyConfig):
         return replace(self, recent_size=recent)
 
     def cache_class(self) -> type:
-        from ...adms_cache import ADMSKVCache
+        from .cache import ADMSKVCache
 
         return ADMSKVCache
 
