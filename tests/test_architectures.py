@@ -37,6 +37,7 @@ from conftest import tiny_model
 from streaming_llm import UnsupportedModelError, cache_from_config, make_cache, make_policy_config
 from streaming_llm.attention import attention_hook
 from streaming_llm.sizing import KVGeometry, size_to_bytes
+from streaming_llm import compat
 from streaming_llm.compat import cache_kwargs
 
 TOL = 1e-4
@@ -170,7 +171,7 @@ class _NaiveLayer(DynamicLayer):
         return self.owner.query_start
 
     def get_mask_sizes(self, query_length):
-        q = query_length.shape[0] if isinstance(query_length, torch.Tensor) else query_length  # < 5.4: cache_position
+        q = compat.query_length(query_length)
         stored = self.keys.shape[-2] if self.is_initialized else 0
         return stored + q, self.owner.query_start - stored  # slots end right before the queries
 

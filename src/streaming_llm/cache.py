@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from . import compat
 from .architectures import ModelLayout, describe_model
 from .positions import PositionStrategy
 from .protocol import POSITION_BYTES, KeepLast, LayerPolicy, SlotRewrite, SlotView
@@ -136,10 +137,7 @@ class BoundedLayer(CacheLayerMixin):
         return keys_out, values_out
 
     def get_mask_sizes(self, query_length: "int | torch.Tensor") -> tuple[int, int]:
-        # transformers < 5.4 passes the chunk's ``cache_position`` tensor instead of its length.
-        if isinstance(query_length, torch.Tensor):
-            query_length = query_length.shape[0]
-        return self.num_slots + query_length, self.seen_tokens - self.num_slots
+        return self.num_slots + compat.query_length(query_length), self.seen_tokens - self.num_slots
 
     def get_seq_length(self) -> int:
         return self.seen_tokens

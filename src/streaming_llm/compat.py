@@ -42,3 +42,9 @@ def returned_cache(outputs):
     """The cache a model call returned: ``outputs.cache`` from transformers 5.24 (where reading
     ``outputs.past_key_values`` logs a deprecation), ``outputs.past_key_values`` before."""
     return outputs["cache"] if "cache" in outputs else outputs.past_key_values
+
+
+def query_length(sizes_argument: "int | torch.Tensor") -> int:
+    """The chunk length ``get_mask_sizes`` is asked about: transformers >= 5.4 passes it, earlier
+    versions pass the chunk's ``cache_position`` tensor."""
+    return sizes_argument.shape[0] if isinstance(sizes_argument, torch.Tensor) else sizes_argument
