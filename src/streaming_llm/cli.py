@@ -1,6 +1,7 @@
 """``streaming-llm`` command line: ``eval`` compares policies on one stream; ``sweep`` runs a grid of
 scenarios x profiles; ``tasks`` scores synthetic long-context tasks; ``benchmark`` scores LongBench
-or ZeroSCROLLS tasks; ``policies`` lists the policies."""
+or ZeroSCROLLS tasks; ``experiment`` runs seed 003's methods x context sizes over all of them;
+``policies`` lists the policies."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from .checks import check_int
 from .cli_args import (add_executor_arguments, add_run_arguments, apply_set, executor_from_args, memory_for,
                        memory_target)
 from .data import DEFAULT_TEXT, list_builtin_texts, load_text
+from .experiment import add_experiment_parser
 from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_reuse
 from .evaluation.runs import SUMMARY_COLUMNS, RunSpec
-from .policies import get_policy_config_class, list_policies
+from .policies import ALIASES, get_policy_config_class, list_policies, names_help
 from .report import console_table, csv_text, markdown_table, write_atomic, write_json
 from .report.comparison import shown_params
 from .report.plots import markdown_images, write_standard_plots
@@ -115,6 +117,8 @@ def cmd_policies(args: argparse.Namespace) -> int:
         cls = get_policy_config_class(name)
         params = ", ".join(f"{n}: {t} = {d!r}" for n, t, d in cls.describe())
         print(f"{name}\n    {params}")
+    for alias, name in ALIASES.items():
+        print(f"{alias}\n    alias of {name}")
     return 0
 
 
@@ -125,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="streaming perplexity of one or more policies on the same tokens")
     add_run_arguments(ev)
     ev.add_argument("--policy", nargs="+", default=["streaming"], metavar="NAME[:K=V,...]",
-                    help=f"policies to compare: {', '.join(list_policies())}")
+                    help=f"policies to compare: {names_help()}")
     source = ev.add_mutually_exclusive_group()
     source.add_argument("--text", help=f"a text file or one of {', '.join(list_builtin_texts())} (default {DEFAULT_TEXT})")
     source.add_argument("--dataset", help="a Hugging Face dataset name (needs the hub), e.g. wikitext or pg19")
@@ -158,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tasks_parser(sub)
     add_benchmark_parser(sub)
+    add_experiment_parser(sub)
 
     pol = sub.add_parser("policies", help="list policies and their parameters")
     pol.set_defaults(func=cmd_policies)

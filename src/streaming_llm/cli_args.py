@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from .evaluation.runs import RunSpec
 from .models import DEFAULT_MODEL, DTYPES
-from .policies import get_policy_config_class, list_policies
+from .policies import canonical_name, get_policy_config_class, names_help
 
 DEFAULT_POLICIES = ("full", "streaming:start_size=4,recent_size=508")
 
@@ -66,6 +66,7 @@ def apply_set(items: list[str], specs: list[RunSpec]) -> list[RunSpec]:
         if not sep or not key:
             raise ValueError(f"--set takes KEY=VALUE or POLICY.KEY=VALUE; got {item!r}")
         target, dot, field = key.partition(".")
+        target = canonical_name(target)
         if dot:
             if target not in names:
                 raise ValueError(f"--set {item!r}: policy {target!r} is not among --policy ({', '.join(sorted(names))})")
@@ -105,7 +106,7 @@ def add_answer_command(subparsers, name: str, help: str, description: str, unit:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
     parser.add_argument("--policies", nargs="+", default=list(DEFAULT_POLICIES), metavar="NAME[:K=V,...]",
-                        help=f"policies to compare: {', '.join(list_policies())}")
+                        help=f"policies to compare: {names_help()}")
     parser.add_argument("--set", action="append", metavar="[POLICY.]KEY=VALUE", help="a policy parameter (repeatable)")
     parser.add_argument("--grid", default=None, metavar="FILE",
                         help=f"take the policies (and their memory) from a sweep grid's profiles, and this command's "

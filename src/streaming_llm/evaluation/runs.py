@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..api import cache_from_config
-from ..policies import PolicyConfig, make_policy_config
+from ..policies import PolicyConfig, canonical_name, make_policy_config
 from ..runs import job_key
 from .driver import stream
 
@@ -28,6 +28,10 @@ class RunSpec:
 
     policy: str
     params: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        # an alias (seed 003's "dynamic_kv") names the same job, and the same record key, as its policy
+        object.__setattr__(self, "policy", canonical_name(self.policy))
 
     @classmethod
     def parse(cls, text: str) -> "RunSpec":

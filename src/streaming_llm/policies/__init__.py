@@ -20,10 +20,39 @@ REGISTRY: dict[str, type[PolicyConfig]] = {
     )
 }
 
+#: Other names of registered policies: seed 003's method names (``run_experiment.py --methods``).
+#: ``full``, ``sliding_window`` and ``atskv`` are registry names already. An alias resolves to its
+#: policy's config class, so configs, caches and records carry the canonical name.
+ALIASES: dict[str, str] = {"dynamic_kv": "dynamickv", "rocket_kv": "rocketkv"}
+
 
 def list_policies() -> list[str]:
-    """Names accepted by ``make_cache`` and ``streaming-llm eval --policy``."""
+    """Names accepted by ``make_cache`` and ``streaming-llm eval --policy`` (aliases: :data:`ALIASES`)."""
     return sorted(REGISTRY)
+
+
+def canonical_name(policy: str) -> str:
+    """``policy`` with an alias replaced by its registry name (``"dynamic_kv+memory"`` ->
+    ``"dynamickv+memory"``); anything else is returned as given, to be validated where it is used."""
+    if not isinstance(policy, str):
+        return policy
+    base, memory = (policy[: -len("+memory")], "+memory") if policy.endswith("+memory") else (policy, "")
+    return ALIASES.get(base, base) + memory
+
+
+def _other_names() -> str:
+    aliases = ", ".join(f"{alias} = {name}" for alias, name in ALIASES.items())
+    return f"aliases {aliases}; NAME+memory adds the memory tier"
+
+
+def names_help() -> str:
+    """The accepted names for a command's help: the policies, then the aliases."""
+    return f"{', '.join(list_policies())} ({_other_names()})"
+
+
+def _unknown_policy(policy: object) -> ValueError:
+    return ValueError(f"policy must be one of {', '.join(list_policies())}; got {policy!r} "
+                      f"(also accepted: {_other_names()})")
 
 
 def get_policy_config_class(policy: str) -> type[PolicyConfig]:
@@ -33,9 +62,9 @@ def get_policy_config_class(policy: str) -> type[PolicyConfig]:
 
         return with_memory(get_policy_config_class(policy[: -len("+memory")]))
     try:
-        return REGISTRY[policy]
+        return REGISTRY[ALIASES.get(policy, policy)]
     except (KeyError, TypeError):
-        raise ValueError(f"policy must be one of {', '.join(list_policies())}; got {policy!r}") from None
+        raise _unknown_policy(policy) from None
 
 
 def is_bounded(policy: str) -> bool:
@@ -59,15 +88,18 @@ def make_policy_config(policy: str, **params) -> PolicyConfig:
 
 __all__ = [
     "ADMSConfig",
+    "ALIASES",
     "REGISTRY",
     "SlotRewrite",
     "LayerPolicy",
     "PolicyConfig",
     "SlotView",
+    "canonical_name",
     "dynamic_sink_size",
     "get_policy_config_class",
     "is_bounded",
     "list_policies",
     "make_policy_config",
+    "names_help",
     "policies_on_model_attention",
 ]

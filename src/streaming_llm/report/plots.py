@@ -17,12 +17,16 @@ from ..policies import get_policy_config_class
 from ..runs import replacing
 
 
-def _figure(size: tuple[float, float]):
+def _new_figure(size: tuple[float, float]):
     # matplotlib's object API (no pyplot): drawing a report changes no global backend state and
     # needs no display
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=size, layout="constrained")
+    return Figure(figsize=size, layout="constrained")
+
+
+def _figure(size: tuple[float, float]):
+    figure = _new_figure(size)
     return figure, figure.subplots()
 
 
@@ -117,3 +121,32 @@ def write_standard_plots(records: Sequence[dict[str, Any]], folder: Path, title:
 
 def markdown_images(paths: dict[str, Path], relative_to: Path) -> str:
     return "".join(f"![{name}]({os.path.relpath(path, relative_to)})\n\n" for name, path in paths.items())
+
+
+def plot_series(rows: Sequence[dict[str, Any]], x: str, y: str, path: Path, *, series: str = "method",
+                panel: str | None = None, xlabel: str = "", ylabel: str = "", title: str = "",
+                log_x: bool = False, y_range: tuple[float, float] | None = None) -> Path | None:
+    """``y`` against ``x``: one line per value of ``series``, one subplot per value of ``panel``
+    (e.g. a benchmark). Rows without a finite ``y`` are left out; returns ``None`` when none is left."""
+    rows = [r for r in rows if isinstance(r.get(y), (int, float)) and math.isfinite(r[y])]
+    if not rows:
+        return None
+    panels = list(dict.fromkeys(r[panel] for r in rows)) if panel else [None]
+    figure = _new_figure((max(6.0, 4.5 * len(panels)), 4.2))
+    for index, name in enumerate(panels, start=1):
+        ax = figure.add_subplot(1, len(panels), index)
+        shown = [r for r in rows if panel is None or r[panel] == name]
+        for label in dict.fromkeys(r[series] for r in shown):
+            points = sorted((r[x], r[y]) for r in shown if r[series] == label)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", linewidth=1.2, label=str(label))
+        if log_x:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({r[x] for r in shown}), [str(v) for v in sorted({r[x] for r in shown})])
+        if y_range is not None:
+            ax.set_ylim(*y_range)
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(ylabel or y)
+        ax.set_title(f"{title} — {name}" if name is not None and title else (title or str(name or "")), fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(figure, path)
