@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from streaming_llm import make_cache, make_policy_config
 from streaming_llm.cli import main
 from streaming_llm.data import load_text
 from streaming_llm.evaluation.runs import RunSpec
-from streaming_llm.experiment.cli import SEED_METHODS
+from streaming_llm.experiment.cli import SEED_METHODS, sources
 from streaming_llm.policies import ALIASES, REGISTRY, canonical_name, get_policy_config_class, list_policies
 
 #: seed 003's names -> the policy each must build (atskv is its own registry name)
@@ -58,6 +59,14 @@ def test_aliases_take_memory_parameters_and_are_one_job_with_their_policy():
 def test_unknown_policy_error_names_policies_and_aliases():
     with pytest.raises(ValueError, match="got 'dynamic-kv'.*aliases dynamic_kv = dynamickv, rocket_kv = rocketkv"):
         make_policy_config("dynamic-kv")
+
+
+def test_eval_takes_an_alias_and_records_the_policy(tiny_model_dir, tmp_path, capsys):
+    assert main(["eval", "--model", str(tiny_model_dir), "--policy", "rocket_kv:storage_size=64,topk=16",
+                 "--set", "rocket_kv.page_size=2", "--num-tokens", "24", "--output-dir", str(tmp_path), "--quiet",
+                 "--json"]) == 0
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert record["policy"] == "rocketkv" and record["params"]["page_size"] == 2 and record["job"]["policy"] == "rocketkv"
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -151,6 +160,15 @@ def test_unreachable_benchmarks_are_skipped_with_a_note(tiny_model_dir, tmp_path
     assert "**longbench skipped**: could not load 'THUDM/LongBench'" in markdown
     assert "**zeroscrolls skipped**: could not load 'tau/zero_scrolls'" in markdown
     assert "| full | synthetic | needle | 300 |" in markdown
+
+
+def test_source_is_a_folder_of_benchmarks_or_name_equals_path(tmp_path, source):
+    assert sources(Namespace(source=[str(source)])) == {
+        "longbench": str(source / "longbench"), "zeroscrolls": str(source / "zeroscrolls")}
+    assert sources(Namespace(source=[f"longbench={tmp_path}"])) == {"longbench": str(tmp_path), "zeroscrolls": None}
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(ValueError, match="holds neither longbench/ nor zeroscrolls/"):
+        sources(Namespace(source=[str(tmp_path / "elsewhere")]))
 
 
 def test_api_model_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys):

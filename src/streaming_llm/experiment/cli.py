@@ -191,7 +191,7 @@ def load_benchmarks(args: argparse.Namespace) -> list[Loaded]:
     for name in (b for b in BENCHMARKS if b in args.benchmarks):
         local = args.source is not None
         if local and where[name] is None:
-            loaded.append(Loaded(name, None, skipped=f"--source has no {name} folder"))
+            loaded.append(Loaded(name, None, skipped=f"--source gives no {name} copy (with --source the hub is not used)"))
             continue
         config = BenchmarkConfig(name, tuple(getattr(args, f"{name}_tasks")), where[name], None, args.samples,
                                  max(args.context_sizes), args.max_new_tokens)
