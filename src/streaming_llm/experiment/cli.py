@@ -25,6 +25,7 @@ Each (method, benchmark, task, context size, sample) is one record under
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,22 +205,26 @@ def load_benchmarks(args: argparse.Namespace) -> list[Loaded]:
 
 
 def build_units(args: argparse.Namespace, plan, benchmarks: list[Loaded]) -> list:
+    """Every method on every prompt, ordered prompt by prompt with the methods back to back: on a
+    machine whose load drifts during the run, every method is slowed alike (speed is compared as
+    ratios between methods)."""
     dtype = "float16" if args.use_fp16 else "float32"
-    units = []
-    for label, spec, cache_bytes, reference in plan:
-        run = Answering(label, spec, args.model_name, dtype, args.device, args.chunk_size, cache_bytes, reference)
-        for size in args.context_sizes:
-            if SYNTHETIC in args.benchmarks:
-                units += [TaskCell(run, SyntheticTaskConfig(task=task, haystack=args.haystack), size, depth, sample,
-                                   args.seed, args.max_new_tokens)
-                          for task in dict.fromkeys(args.synthetic_tasks) for depth in args.depths
-                          for sample in range(args.samples)]
-            for bench in benchmarks:
-                if bench.examples is not None:
-                    units += [BenchmarkItem(run, example, index, bench.config.resolved_split,
-                                            bench.config.resolved_source, size, bench.config.new_tokens(example))
-                              for examples in bench.examples.values() for index, example in enumerate(examples)]
-    return units
+    runs = [Answering(label, spec, args.model_name, dtype, args.device, args.chunk_size, cache_bytes, reference)
+            for label, spec, cache_bytes, reference in plan]
+    prompts = []  # one unit maker per prompt, taking the method's Answering
+    for size in args.context_sizes:
+        if SYNTHETIC in args.benchmarks:
+            prompts += [functools.partial(TaskCell, task=SyntheticTaskConfig(task=task, haystack=args.haystack),
+                                          length=size, depth=depth, sample=sample, seed=args.seed,
+                                          max_new_tokens=args.max_new_tokens)
+                        for task in dict.fromkeys(args.synthetic_tasks) for depth in args.depths
+                        for sample in range(args.samples)]
+        for bench in (b for b in benchmarks if b.examples is not None):
+            prompts += [functools.partial(BenchmarkItem, example=example, index=index, split=bench.config.resolved_split,
+                                          source=bench.config.resolved_source, max_length=size,
+                                          max_new_tokens=bench.config.new_tokens(example))
+                        for examples in bench.examples.values() for index, example in enumerate(examples)]
+    return [make(run) for make in prompts for run in runs]
 
 
 def command_line(args: argparse.Namespace) -> str:
