@@ -6,6 +6,8 @@
 #                                                    tokens, 256 and 1024 slots, every compressor
 #   equal_memory_16k                                 the same grid over 16384 tokens of PG-19
 #                                                    (hours on 2 CPU cores)
+#   experiment      docs/results/experiment/         seed 003's experiment (streaming-llm experiment),
+#                                                    its default methods and context sizes, 4 prompts each
 #
 #   bash scripts/results.sh                  # main and equal_memory
 #   bash scripts/results.sh equal_memory_16k # any of the parts above
@@ -40,6 +42,11 @@ for part in "${parts[@]}"; do
             .venv/bin/streaming-llm sweep "$GRID" --output-root outputs/results/adms_equal_memory --quiet \
                 --scenarios "$scenario" --profiles "${PROFILES[@]}" "${force[@]}"
             copy_reports outputs/results/adms_equal_memory docs/results/adms_equal_memory ;;
-        *) echo "unknown part $part (main, equal_memory, equal_memory_16k)" >&2; exit 2 ;;
+        experiment)
+            OMP_NUM_THREADS=1 .venv/bin/streaming-llm experiment --methods full sliding_window dynamic_kv rocket_kv \
+                --synthetic_tasks passkey needle --depths 0.25 0.75 --samples 1 --quiet "${force[@]}" \
+                --output_dir outputs/results/experiment
+            copy_reports outputs/results/experiment docs/results/experiment ;;
+        *) echo "unknown part $part (main, equal_memory, equal_memory_16k, experiment)" >&2; exit 2 ;;
     esac
 done

@@ -42,10 +42,13 @@ def experiment_row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _groups(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows by ``("method", *rest)`` key, methods in the order they first appear, the rest sorted
+    (records come prompt by prompt; tables read method by method)."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[tuple(row[f] for f in fields)].append(row)
-    return groups
+    order = {method: i for i, method in enumerate(dict.fromkeys(row["method"] for row in rows))}
+    return {key: groups[key] for key in sorted(groups, key=lambda k: (order[k[0]], *k[1:]))}
 
 
 def efficiency(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -82,7 +85,7 @@ def accuracy(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[dict
 
 def accuracy_pivot(mean_rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Mean scores as one row per (method, context size), one column per benchmark."""
-    benchmarks = list(dict.fromkeys(r["benchmark"] for r in mean_rows))
+    benchmarks = sorted(dict.fromkeys(r["benchmark"] for r in mean_rows), key=lambda b: b != SYNTHETIC)  # ours first
     table: dict[tuple, dict[str, Any]] = {}
     for r in mean_rows:
         table.setdefault((r["method"], r["context_size"]), {"method": r["method"], "context_size": r["context_size"]})[
