@@ -126,6 +126,18 @@ def run_one(args: argparse.Namespace, name: str, key: str, progress_path: Path) 
     return record
 
 
+def partial_record(progress: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The verdicts of an interrupted policy from the samples it reached (``None``: it never started)."""
+    if not progress.exists():
+        return None
+    state = json.loads(progress.read_text())
+    samples = state["samples"]
+    record = {"policy": state["policy"], "samples": samples, "seconds": samples[-1]["seconds"],
+              **judge(samples, args.warmup, args.rss_tolerance)}
+    record["passed"] = f"unfinished ({state['tokens_reached']} of {args.tokens} tokens)"
+    return record
+
+
 def definition(args: argparse.Namespace, name: str) -> dict[str, Any]:
     return {"policy": name, "model": args.model, "dtype": args.dtype, "tokens": args.tokens,
             "chunk_size": args.chunk_size, "slots": args.slots, "warmup": args.warmup}
@@ -155,6 +167,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rss-tolerance", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output-dir", default="outputs/soak")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write soak.md from the records and progress files in --output-dir; run nothing")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child: soak this policy and write its record
     return parser.parse_args(argv)
 
@@ -174,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in soak_policies(args.policies):
         policy_config(name, args.slots)  # a bad name or size fails here, before any child starts
         key = job_key(f"soak-{name.replace('+', '_')}", definition(args, name))
+        if args.report_only:  # a finished record, else how far the policy got (its progress file)
+            record = store.load(key) or partial_record(output / "progress" / f"{key}.json", args)
+            if record is not None:
+                records.append(record)
+            continue
         if store.load(key) is None:
             log.info("soak %s: %d tokens", name, args.tokens)
             child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--one", name]
@@ -188,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/soak.py " + " ".join(argv or sys.argv[1:])
         write_atomic(output / "soak.md", f"# Soak\n\nCommand: `{command}`\n\n" + summary_table(records))
         print(summary_table(records))
-    return 0 if records and all(r["passed"] for r in records) else 1
+    return 0 if records and all(r["passed"] is True for r in records) else 1
 
 
 if __name__ == "__main__":

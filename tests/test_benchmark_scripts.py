@@ -94,3 +94,17 @@ def test_peer_units_and_table():
     assert "| kvpress-knorm | 0.9 | 2048 | 2.72 | 2.72 | 2.72 |" in text
     with pytest.raises(ValueError, match="--methods: 'nope'"):
         peers.plan(peers.parse_args(["--methods", "nope"]))
+
+
+def test_soak_report_of_an_interrupted_run(tmp_path):
+    args = ["--policies", "streaming", "tova", "--tokens", "1000", "--warmup", "10", "--output-dir", str(tmp_path)]
+    from streaming_llm.runs import job_key, write_json
+
+    key = job_key("soak-streaming", soak.definition(soak.parse_args(args), "streaming"))
+    samples = [_sample(10, 50, 200), _sample(20, 50, 201)]
+    write_json(tmp_path / "progress" / f"{key}.json", {"policy": "streaming", "tokens_reached": 20,
+                                                           "samples": [{**s, "seconds": 1.0} for s in samples]})
+    assert soak.main([*args, "--report-only"]) == 1  # nothing finished: not a pass
+    table = (tmp_path / "soak.md").read_text()
+    assert "| streaming | 20 | 50..50 | True |" in table and "unfinished (20 of 1000 tokens)" in table
+    assert "| tova |" not in table  # never started
