@@ -152,3 +152,21 @@ def test_grouped_products_equal_the_repeated_kv_products(kv_heads, group, q, n):
     torch.testing.assert_close(grouped_scores(query, key), expected_scores)
     probs = torch.softmax(expected_scores, dim=-1)
     torch.testing.assert_close(grouped_values(probs, value), probs @ value.repeat_interleave(group, dim=1))
+
+
+def test_dropout_may_come_by_position_as_wrappers_pass_it():
+    """kvpress wraps every registered attention function and passes ``dropout`` as the sixth
+    positional argument (``sdpa_attention_forward``'s order); ``scaling`` must still be honoured."""
+    query, key, value = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    module = torch.nn.Module()
+    module.layer_idx = 0
+    session = SimpleNamespace(carried=None)
+    routed = attention.route(module, session)
+    layer = SimpleNamespace(policy=SimpleNamespace(needs_attention=False), attention_bias=lambda: None,
+                            recall=lambda query, active: None)
+    session.carried = SimpleNamespace(layers=[layer])
+    by_name, _ = bounded_attention(module, query, key, value, None, dropout=0.0, scaling=0.25)
+    by_position, _ = bounded_attention(module, query, key, value, None, 0.0, scaling=0.25)
+    default_scale, _ = bounded_attention(module, query, key, value, None, 0.0)
+    attention.unroute(routed, session)
+    assert torch.equal(by_name, by_position) and not torch.allclose(by_name, default_scale)

@@ -120,9 +120,14 @@ def _join_recalled(recalled, key, value, mask, bias):
     return torch.cat([recalled_keys, key], dim=-2), torch.cat([recalled_values, value], dim=-2), mask, bias
 
 
-def bounded_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def bounded_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Attention over the slots a bounded cache layer returned. Shapes: query ``(B, H_q, q, D)``,
-    key/value ``(B, H_kv, n, D)``; returns ``((B, q, H_q, D), None)`` like transformers' functions."""
+    key/value ``(B, H_kv, n, D)``; returns ``((B, q, H_q, D), None)`` like transformers' functions.
+
+    The arguments come in the order of transformers' ``sdpa_attention_forward`` (``dropout`` before
+    ``scaling``): transformers passes both by name, but wrappers of every registered attention
+    function (kvpress's ``attention_patch``, applied when kvpress is imported) pass ``dropout`` by
+    position."""
     if kwargs.get("softcap"):
         raise NotImplementedError("the streaming_llm attention hook does not support soft-capped attention logits (Gemma-2) yet")
     if attention_mask is not None and attention_mask.ndim == 2 and not bool(attention_mask.all()):

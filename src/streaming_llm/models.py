@@ -80,9 +80,33 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device`` (``auto``: CUDA where available); a name torch does not
+    know, or a CUDA device this machine lacks, raises ``ValueError`` before any weights load."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine; use cpu or auto")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
+
+
+def check_dtype_on_device(dtype: torch.dtype, device: torch.device) -> None:
+    """Raise ``ValueError`` when ``device`` cannot compute in ``dtype`` (a GPU without bfloat16, a
+    torch build without half-precision CPU kernels), instead of failing inside the first forward."""
+    name = str(dtype).removeprefix("torch.")
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"dtype {name} on {device}: this GPU does not support bfloat16; use float16 or float32")
+    if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+        try:
+            torch.ones(2, 2, dtype=dtype) @ torch.ones(2, 2, dtype=dtype)
+        except RuntimeError:
+            raise ValueError(f"dtype {name} on cpu: this torch build has no {name} CPU kernels; use float32") from None
 
 
 def _from_pretrained(source: str, gguf_file: str | None, dtype: torch.dtype):
@@ -108,6 +132,7 @@ def load_model(
     directory, or a Hugging Face hub id (needs the hub to be reachable).
     """
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    check_dtype_on_device(torch_dtype, torch_device)
     if name_or_path in BUILTIN_MODELS:
         folder, filename = BUILTIN_MODELS[name_or_path].locate()
         model, tokenizer = _from_pretrained(folder, filename, torch_dtype)

@@ -41,7 +41,10 @@ def load_text(source: str) -> str:
         raise ValueError(
             f"text must be a file path or one of {', '.join(list_builtin_texts())}; no such file: {source!r}"
         )
-    return _normalise(path.read_text(encoding="utf-8"))
+    text = _normalise(path.read_text(encoding="utf-8"))
+    if not text.strip():
+        raise ValueError(f"text {source!r} is empty")
+    return text
 
 
 def accumulate_until(token_streams: Iterable[list[int]], num_tokens: int, separator: list[int] = ()) -> list[int]:

@@ -160,8 +160,9 @@ class Workspace:
 
         def tokenize() -> list[int]:
             ids = source.token_ids(tokenizer)
-            if len(ids) < source.num_tokens:
-                log.warning("%s has only %d tokens (asked for %d)", source.label, len(ids), source.num_tokens)
+            if len(ids) < source.num_tokens:  # a silently shorter stream would be reported as the longer one
+                raise ValueError(f"{source.label} has only {len(ids)} tokens; --num-tokens asks for {source.num_tokens} "
+                                 "(use a longer text or fewer tokens)")
             return ids
 
         return model, self.cached(source, tokenize)

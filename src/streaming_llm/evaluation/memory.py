@@ -27,16 +27,31 @@ def reset_peak_memory(device: torch.device) -> bool:
         return False
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process, in bytes."""
+def _status_bytes(field: str) -> int | None:
+    """A ``/proc/self/status`` memory field (``VmHWM``, ``VmRSS``) in bytes; ``None`` off Linux."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process, in bytes."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now, in bytes (off Linux: the peak, the closest figure
+    the platform gives)."""
+    now = _status_bytes("VmRSS")
+    return now if now is not None else peak_rss_bytes()
 
 
 def peak_device_bytes(device: torch.device) -> int | None:
