@@ -52,7 +52,7 @@ class MemoryConfig:
 
     block_size: int = 64
     recall_blocks: int = 4
-    summary: Literal["representative", "minmax", "quantized"] = "representative"
+    summary: Literal["representative", "minmax", "quantized"] = "quantized"
     summary_bits: int = 4
     representatives: int = 4
     placement: Literal["beyond_window", "ordered"] = "beyond_window"
