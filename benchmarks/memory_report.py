@@ -16,7 +16,7 @@ from pathlib import Path
 
 def _records(root: Path) -> list[dict]:
     out = []
-    for path in sorted(root.glob("*/**/*.json")):
+    for path in sorted(root.glob("*/*/*.json")):  # <cell>/records/, <book>/runs/ (not first-grid/)
         try:
             record = json.loads(path.read_text())
         except (json.JSONDecodeError, OSError):
