@@ -17,6 +17,7 @@ from streaming_llm.cli import main
 from streaming_llm.compat import cache_kwargs
 from streaming_llm.evaluation.runs import RunSpec
 from streaming_llm.memory import LayerMemory, MemoryConfig
+from streaming_llm.memory.summaries import QuantizedKeys, SummaryBank, pack, unpack
 from streaming_llm.policies.streaming import SinksAndRecent
 from streaming_llm.positions import RotateHalfRoPE
 from streaming_llm.sizing import cache_bytes_of, size_for_comparison
@@ -102,7 +103,7 @@ def test_int8_store_recalls_the_rows_within_quantisation_error():
     assert not torch.equal(recalled_values, values[..., :8, :])
 
 
-@pytest.mark.parametrize("summary", ["representative", "minmax"])
+@pytest.mark.parametrize("summary", ["representative", "minmax", "quantized"])
 def test_a_planted_key_makes_the_store_recall_its_block(summary):
     torch.manual_seed(3)
     tokens, planted = 8 * 12 + 4, 8 * 7 + 3  # 12 blocks; the planted token lies in block 7
@@ -121,6 +122,37 @@ def test_a_planted_key_makes_the_store_recall_its_block(summary):
     assert layer.memory.lru.gather()[2].eq(planted).any(dim=-1).all()
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantized_summary_keeps_every_key_within_half_a_step(bits):
+    torch.manual_seed(6)
+    keys = torch.randn(HEADS, 8, DIM) * 3
+    summarizer = QuantizedKeys(bits)
+    codes, scales = summarizer.summarize(keys, None)
+    assert codes.dtype == torch.uint8 and codes.shape == (HEADS, 8, DIM * bits // 8)
+    assert scales.dtype == torch.float16 and scales.shape == (HEADS, 8)
+    step = keys.abs().amax(dim=-1, keepdim=True) / (2 ** (bits - 1) - 1)
+    error = (summarizer.dequantize(codes, scales) - keys).abs()
+    assert bool((error <= step / 2 + step * 2e-3).all())  # fp16 scales add a relative 1e-3
+    assert bool((error > 0).any())
+
+
+def test_pack_unpack_round_trip():
+    for bits in (2, 4, 8):
+        codes = torch.randint(0, 2**bits, (3, 5, 16), dtype=torch.uint8)
+        assert torch.equal(unpack(pack(codes, bits), bits), codes)
+
+
+def test_summary_bank_grows_drops_and_counts_its_buffers():
+    bank = SummaryBank()
+    for index in range(9):
+        bank.append((torch.full((HEADS, 2), float(index)), torch.full((HEADS,), index, dtype=torch.uint8)))
+    assert len(bank) == 9 and bank.parts[0].shape[0] == 16  # 4 -> 8 -> 16
+    assert bank.nbytes() == 16 * HEADS * 2 * 4 + 16 * HEADS
+    bank.drop(3)
+    first, second = bank.first(len(bank))
+    assert first[:, 0, 0].tolist() == [0, 1, 2, 4, 5, 6, 7, 8] and second[:, 0].tolist() == [0, 1, 2, 4, 5, 6, 7, 8]
+
+
 def test_recall_interval_reuses_the_selection():
     torch.manual_seed(4)
     layer = memory_layer(recent=4, block_size=4, recall_blocks=1, recall_interval=3)
@@ -137,7 +169,7 @@ def test_passive_budget_drops_the_least_recalled_block():
     layer = memory_layer(recent=4, block_size=4, recall_blocks=1, passive_blocks=3)
     feed(layer, torch.randn(1, HEADS, 40, DIM), torch.randn(1, HEADS, 40, DIM))
     assert len(layer.memory.store) == 3 and layer.memory.counters["dropped_blocks"] == 6
-    assert layer.memory.summaries.shape[0] == 3
+    assert len(layer.memory.summaries) == 3
 
 
 @pytest.mark.parametrize("policy,params", WRAPPED, ids=[p for p, _ in WRAPPED])
@@ -210,7 +242,8 @@ def test_equal_memory_counts_the_recall_slots(model):
     ({"recall_blocks": 5, "passive_blocks": 4}, "memory_recall_blocks=5 is more than the passive store holds"),
     ({"block_size": 64}, "memory_block_size=64 is larger than the policy's budget of 32 slots"),
     ({"block_size": 0}, "memory_block_size must be an integer >= 1"),
-    ({"summary": "mean"}, "memory_summary must be one of 'representative', 'minmax'"),
+    ({"summary": "mean"}, "memory_summary must be one of 'representative', 'minmax', 'quantized'"),
+    ({"summary_bits": 3}, "memory_summary_bits must be one of 2, 4, 8"),
     ({"placement": "anywhere"}, "memory_placement must be one of"),
     ({"store_dtype": "int4"}, "memory_store_dtype must be one of"),
     ({"lru_blocks": 1, "recall_blocks": 2}, "memory_lru_blocks must be an integer >= 2"),

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..checks import check_int
+from .summaries import SUMMARY_BITS
 
-SUMMARIES = ("representative", "minmax")
+SUMMARIES = ("representative", "minmax", "quantized")
 PLACEMENTS = ("beyond_window", "ordered")
 STORE_DTYPES = ("model", "int8")
 
@@ -25,7 +26,10 @@ class MemoryConfig:
         How a block is scored by the queries: ``"representative"`` (InfLLM: the block's
         ``representatives`` tokens most attended by the recent queries, scored by their best dot
         product) or ``"minmax"`` (Quest: per-dimension min/max key bounds, scored by the upper bound
-        ``sum_d max(q_d min_d, q_d max_d)``).
+        ``sum_d max(q_d min_d, q_d max_d)``) or ``"quantized"`` (every key of the block at
+        ``summary_bits`` bits, scored by its best dot product).
+    summary_bits:
+        Bits per key element of ``summary="quantized"``: one of 2, 4, 8.
     representatives:
         Representative keys per block for ``summary="representative"`` (1 .. block_size).
     placement:
@@ -48,7 +52,8 @@ class MemoryConfig:
 
     block_size: int = 64
     recall_blocks: int = 4
-    summary: Literal["representative", "minmax"] = "representative"
+    summary: Literal["representative", "minmax", "quantized"] = "quantized"
+    summary_bits: int = 4
     representatives: int = 4
     placement: Literal["beyond_window", "ordered"] = "beyond_window"
     recall_interval: int = 1
@@ -61,6 +66,7 @@ class MemoryConfig:
         check_int("memory_block_size", self.block_size, 1)
         check_int("memory_recall_blocks", self.recall_blocks, 0)
         _check_choice("memory_summary", self.summary, SUMMARIES)
+        _check_choice("memory_summary_bits", self.summary_bits, SUMMARY_BITS)
         check_int("memory_representatives", self.representatives, 1)
         if self.representatives > self.block_size:
             raise ValueError(f"memory_representatives must be <= memory_block_size ({self.block_size}); "

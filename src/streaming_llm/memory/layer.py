@@ -13,7 +13,7 @@ from ..protocol import POSITION_BYTES, SlotRewrite
 from .config import MemoryConfig
 from .placement import recall_positions
 from .store import BlockStore
-from .summaries import make_summary
+from .summaries import SummaryBank, make_summary
 
 
 def evicted_rows(keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, keep,
@@ -129,8 +129,8 @@ class LayerMemory:
     def reset(self) -> None:
         config = self.config
         self.store = BlockStore(config.block_size, int8=config.store_dtype == "int8")
-        self.summarizer = make_summary(config.summary, config.representatives)
-        self.summaries: torch.Tensor | None = None  # (N, H_kv, ...) on the active device
+        self.summarizer = make_summary(config.summary, config.representatives, config.summary_bits)
+        self.summaries = SummaryBank()  # one summary per sealed block, on the active device
         self.lru = DeviceLRU(config.device_blocks)
         self.query_hint: torch.Tensor | None = None  # (H_kv, D) mean position-free query of the last forward
         self._selection: torch.Tensor | None = None
@@ -178,13 +178,11 @@ class LayerMemory:
     def _seal_full_blocks(self, layer) -> None:
         while (block := self.store.take_block()) is not None:
             keys, values, positions = block
-            summary = self.summarizer.summarize(keys.to(layer.device), self.query_hint)[None]
+            self.summaries.append(self.summarizer.summarize(keys.to(layer.device), self.query_hint))
             self.store.seal(keys, values, positions, layer.seen_tokens)
-            self.summaries = summary if self.summaries is None else torch.cat([self.summaries, summary])
             passive = self.config.passive_blocks
             if passive is not None and len(self.store) > passive:
-                index = self.store.drop_least_recalled()
-                self.summaries = torch.cat([self.summaries[:index], self.summaries[index + 1 :]])
+                self.summaries.drop(self.store.drop_least_recalled())
                 self.counters["dropped_blocks"] += 1
                 self._selection = None
                 self.lru.forget()
@@ -235,7 +233,7 @@ class LayerMemory:
         # rotate the queries so that a position-free key scores as if placed at ``first - 1``
         length = queries.shape[-2]
         at_distance = self.strategy.shift_keys(queries, torch.full((length,), -(first - 1), dtype=torch.long))
-        scores = self.summarizer.score(self.summaries[:available], self._grouped(at_distance))  # (H_kv, N)
+        scores = self.summarizer.score(self.summaries.first(available), self._grouped(at_distance))  # (H_kv, N)
         k = min(config.recall_blocks, available)
         selection = scores.topk(k, dim=-1).indices.cpu()
         for index in selection.unique().tolist():
@@ -250,7 +248,7 @@ class LayerMemory:
         return self.lru.nbytes()
 
     def summary_bytes(self) -> int:
-        return 0 if self.summaries is None else self.summaries.numel() * self.summaries.element_size()
+        return self.summaries.nbytes()
 
     def passive_bytes(self) -> int:
         """Bytes of the passive store: blocks, pending rows, positions, summaries."""

@@ -9,6 +9,16 @@ attention logit its block would get.
   With ``r = block_size`` every key represents itself: the block's exact best logit.
 - :class:`MinMaxBounds` (Quest, Tang et al. 2024, arXiv:2406.10774): per-dimension min and max of
   the block's keys; logit = the upper bound ``sum_d max(q_d min_d, q_d max_d)`` of ``q . k``.
+- :class:`QuantizedKeys`: every key of the block at ``bits`` bits per element (per (head, token)
+  absmax scale, fp16); logit = the best dot product with the dequantised keys. At 4 bits it costs
+  ``D / 2 + 2`` bytes per key (36 of the 256 bytes of an fp32 key at ``D = 64``). Measured on SmolLM2
+  (docs/results/memory/README.md): the 4 representatives and the min/max bounds recalled the
+  passkey's block no better than chance, every key at 4 bits did as well as every key in fp32.
+
+Each summary is a tuple of tensors with a leading ``(H_kv, ...)`` per block; a
+:class:`SummaryBank` holds them for all blocks of a layer, ``(N, H_kv, ...)``, in buffers that grow
+by doubling (concatenating at every sealed block copied the whole bank each time and fragmented
+the allocator).
 
 A block's score is the attention mass the queries would give it: each query's block logits
 (scaled by ``1/sqrt(D)``) go through a softmax over the blocks, and the masses are summed over
@@ -36,40 +46,127 @@ class RepresentativeKeys:
     def __init__(self, representatives: int):
         self.representatives = representatives
 
-    def summarize(self, keys: torch.Tensor, query_hint: torch.Tensor | None) -> torch.Tensor:
+    def summarize(self, keys: torch.Tensor, query_hint: torch.Tensor | None) -> tuple[torch.Tensor]:
         """``keys`` ``(H_kv, bs, D)`` position-free, ``query_hint`` ``(H_kv, D)`` or ``None``."""
         if query_hint is None:  # no query seen yet: the keys with the largest norm
             weight = keys.float().norm(dim=-1)
         else:
             weight = torch.einsum("hbd,hd->hb", keys.float(), query_hint.to(keys.device, torch.float32))
         top = weight.topk(self.representatives, dim=-1).indices  # (H_kv, r)
-        return keys.gather(1, top[..., None].expand(-1, -1, keys.shape[-1]))
+        return (keys.gather(1, top[..., None].expand(-1, -1, keys.shape[-1])),)
 
-    def score(self, summaries: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """``summaries`` ``(N, H_kv, r, D)``, ``queries`` ``(H_kv, Q, D)`` -> ``(H_kv, N)``: mean over
-        the queries of the best representative's dot product."""
-        dots = torch.einsum("hqd,nhrd->hqnr", queries.float(), summaries.float())
-        return attention_mass(dots.amax(dim=-1), queries.shape[-1])
+    def score(self, summaries: tuple[torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
+        """``summaries`` ``((N, H_kv, r, D),)``, ``queries`` ``(H_kv, Q, D)`` -> ``(H_kv, N)``: the
+        attention mass of each block's best representative."""
+        return best_key_mass(summaries[0], queries)
+
+
+def best_key_mass(keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """``keys`` ``(N, H_kv, r, D)`` -> ``(H_kv, N)``: attention mass of each block's best key."""
+    dots = torch.einsum("hqd,nhrd->hqnr", queries.float(), keys.float())
+    return attention_mass(dots.amax(dim=-1), queries.shape[-1])
 
 
 class MinMaxBounds:
     """Summary ``(H_kv, 2, D)``: per-dimension min (row 0) and max (row 1) of the block's keys."""
 
-    def summarize(self, keys: torch.Tensor, query_hint: torch.Tensor | None) -> torch.Tensor:
-        return torch.stack([keys.amin(dim=1), keys.amax(dim=1)], dim=1)
+    def summarize(self, keys: torch.Tensor, query_hint: torch.Tensor | None) -> tuple[torch.Tensor]:
+        return (torch.stack([keys.amin(dim=1), keys.amax(dim=1)], dim=1),)
 
-    def score(self, summaries: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    def score(self, summaries: tuple[torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
         # max(q_d min_d, q_d max_d) is q_d max_d where q_d >= 0 and q_d min_d where q_d < 0:
         # two matmuls instead of a (H, Q, N, D) product.
         q = queries.float()
-        low, high = summaries[:, :, 0].float(), summaries[:, :, 1].float()  # (N, H, D)
+        low, high = summaries[0][:, :, 0].float(), summaries[0][:, :, 1].float()  # (N, H, D)
         bound = torch.einsum("hqd,nhd->hqn", q.clamp(min=0), high) + torch.einsum("hqd,nhd->hqn", q.clamp(max=0), low)
         return attention_mass(bound, queries.shape[-1])
 
 
-def make_summary(kind: str, representatives: int):
+class QuantizedKeys:
+    """Summary ``(codes, scales)``: every key ``(H_kv, bs, D)`` quantised to ``bits`` bits, symmetric
+    per (head, token): ``codes`` ``(H_kv, bs, D * bits / 8)`` uint8 (``8 // bits`` codes per byte,
+    offset by ``2 ** (bits - 1)``), ``scales`` ``(H_kv, bs)`` fp16."""
+
+    def __init__(self, bits: int):
+        if bits not in SUMMARY_BITS:
+            raise ValueError(f"memory_summary_bits must be one of {', '.join(map(str, SUMMARY_BITS))}; got {bits!r}")
+        self.bits = bits
+        self.levels = 2 ** (bits - 1) - 1  # codes -levels .. levels, symmetric around 0
+
+    def summarize(self, keys: torch.Tensor, query_hint: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = keys.float()
+        scales = (keys.abs().amax(dim=-1) / self.levels).clamp(min=1e-8)
+        codes = (keys / scales[..., None]).round().clamp(-self.levels, self.levels) + 2 ** (self.bits - 1)
+        return pack(codes.to(torch.uint8), self.bits), scales.half()
+
+    def dequantize(self, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """``codes`` ``(..., D * bits / 8)``, ``scales`` ``(...)`` -> keys ``(..., D)`` float32."""
+        values = unpack(codes, self.bits).float() - 2 ** (self.bits - 1)
+        return values * scales.float()[..., None]
+
+    def score(self, summaries: tuple[torch.Tensor, torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
+        return best_key_mass(self.dequantize(*summaries), queries)
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """``(..., D)`` uint8 codes below ``2 ** bits`` -> ``(..., D * bits / 8)``: ``8 // bits`` per byte."""
+    per_byte = 8 // bits
+    grouped = codes.reshape(*codes.shape[:-1], -1, per_byte)
+    shifts = torch.arange(per_byte, device=codes.device, dtype=torch.uint8) * bits
+    return (grouped << shifts).sum(dim=-1, dtype=torch.uint8)
+
+
+def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of :func:`pack`."""
+    per_byte = 8 // bits
+    shifts = torch.arange(per_byte, device=packed.device, dtype=torch.uint8) * bits
+    codes = (packed[..., None] >> shifts) & (2**bits - 1)
+    return codes.reshape(*packed.shape[:-1], -1)
+
+
+SUMMARY_BITS = (2, 4, 8)
+
+
+class SummaryBank:
+    """The summaries of one layer's blocks: one buffer ``(capacity, H_kv, ...)`` per summary part,
+    grown by doubling; :attr:`count` blocks are filled, in store order."""
+
+    def __init__(self):
+        self.parts: list[torch.Tensor] = []
+        self.count = 0
+
+    def append(self, summary: tuple[torch.Tensor, ...]) -> None:
+        if not self.parts:
+            self.parts = [torch.empty((4, *part.shape), dtype=part.dtype, device=part.device) for part in summary]
+        if self.count == self.parts[0].shape[0]:
+            self.parts = [torch.cat([buffer, torch.empty_like(buffer)]) for buffer in self.parts]
+        for buffer, part in zip(self.parts, summary):
+            buffer[self.count] = part
+        self.count += 1
+
+    def drop(self, index: int) -> None:
+        """Remove block ``index``; the later ones move up one place."""
+        for buffer in self.parts:
+            buffer[index : self.count - 1] = buffer[index + 1 : self.count].clone()
+        self.count -= 1
+
+    def first(self, blocks: int) -> tuple[torch.Tensor, ...]:
+        """Summaries ``(blocks, H_kv, ...)`` of the first ``blocks`` blocks (views, no copy)."""
+        return tuple(buffer[:blocks] for buffer in self.parts)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def nbytes(self) -> int:
+        """Resident bytes: the whole buffers, the capacity not yet filled included."""
+        return sum(buffer.numel() * buffer.element_size() for buffer in self.parts)
+
+
+def make_summary(kind: str, representatives: int, bits: int = 4):
     if kind == "representative":
         return RepresentativeKeys(representatives)
     if kind == "minmax":
         return MinMaxBounds()
-    raise ValueError(f"memory_summary must be 'representative' or 'minmax'; got {kind!r}")
+    if kind == "quantized":
+        return QuantizedKeys(bits)
+    raise ValueError(f"memory_summary must be 'representative', 'minmax' or 'quantized'; got {kind!r}")
