@@ -1,6 +1,6 @@
 """``streaming-llm`` command line: ``eval`` compares policies on one stream; ``sweep`` runs a grid of
 scenarios x profiles; ``tasks`` scores synthetic long-context tasks; ``benchmark`` scores LongBench
-or ZeroSCROLLS tasks; ``policies`` lists the policies."""
+or ZeroSCROLLS tasks; ``train-relevance`` trains ATSKV's relevance predictor; ``policies`` lists the policies."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .data import DEFAULT_TEXT, list_builtin_texts, load_text
 from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_reuse
 from .evaluation.runs import SUMMARY_COLUMNS, RunSpec
 from .policies import get_policy_config_class, list_policies
+from .policies.atskv.cli import add_train_relevance_parser
 from .report import console_table, csv_text, markdown_table, write_atomic, write_json
 from .report.comparison import shown_params
 from .report.plots import markdown_images, write_standard_plots
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tasks_parser(sub)
     add_benchmark_parser(sub)
+    add_train_relevance_parser(sub)
 
     pol = sub.add_parser("policies", help="list policies and their parameters")
     pol.set_defaults(func=cmd_policies)
