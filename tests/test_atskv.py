@@ -141,15 +141,18 @@ def test_smollm2_predictor_ships_with_its_manifest():
     assert all(start >= 16384 for text, start, _ in manifest["data"]["segments"] if text in evaluated)
 
 
-def test_train_relevance_command_writes_a_predictor_atskv_runs_with(tiny_model_dir, tmp_path, token_stream):
+@pytest.mark.parametrize("collection", ["full", "bounded"])
+def test_train_relevance_command_writes_a_predictor_atskv_runs_with(tiny_model_dir, tmp_path, token_stream, collection):
     out = tmp_path / "relevance"
-    argv = ["train-relevance", "--model", str(tiny_model_dir), "--texts", "builtin:pioneer-days", "--skip-tokens", "0",
+    argv = ["train-relevance", "--collection", collection, "--bounded-cache-size", "48", "--chunk-size", "20", "--model", str(tiny_model_dir), "--texts", "builtin:pioneer-days", "--skip-tokens", "0",
             "--segments-per-text", "3", "--segment-length", "200", "--validation-segments", "1", "--horizon", "16",
             "--recent-size", "16", "--first-decision", "48", "--decision-stride", "16", "--samples-per-segment", "300",
             "--output", str(out)]
     assert main(argv) == 0
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["K"] == 16 and manifest["seed"] == 0 and "validation_auc_mean" in manifest["metrics"]
+    assert manifest["training"]["collection"] == collection
+    assert ("bounded ATSKV runs" in manifest["label"]) == (collection == "bounded")
     assert manifest["data"]["validation_segments"] == [["builtin:pioneer-days", 400, 600]]
     from transformers import AutoModelForCausalLM
 

@@ -26,6 +26,9 @@ _HELP = {
     "first_decision": "first decision step of each run",
     "decision_stride": "queries between decision steps",
     "samples_per_segment": "samples kept per layer and run",
+    "collection": "features from 'full' cache runs or from 'bounded' ATSKV runs (what the policy sees)",
+    "bounded_cache_size": "slots per layer of the bounded runs",
+    "chunk_size": "tokens per forward of the bounded runs",
     "l2": "L2 penalty of the logistic regression",
     "seed": "seed of the projection and the sampling",
 }
@@ -38,7 +41,9 @@ def add_train_relevance_parser(subparsers) -> argparse.ArgumentParser:
     for f in fields(TrainingSpec):
         value = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, tuple):
+        if f.name == "collection":
+            parser.add_argument(flag, choices=("full", "bounded"), default=value, help=f"{_HELP[f.name]} (default {value})")
+        elif isinstance(value, tuple):
             parser.add_argument(flag, nargs="+", default=list(value), help=f"{_HELP[f.name]} (default {' '.join(value)})")
         else:
             parser.add_argument(flag, type=type(value), default=value, help=f"{_HELP[f.name]} (default {value})")
@@ -53,8 +58,9 @@ def spec_from_args(args: argparse.Namespace) -> TrainingSpec:
     for name in ("skip_tokens", "start_size", "seed"):
         check_int("--" + name.replace("_", "-"), values[name], 0)
     for name in ("segments_per_text", "segment_length", "horizon", "recent_size", "first_decision",
-                 "decision_stride", "samples_per_segment", "validation_segments"):
+                 "decision_stride", "samples_per_segment", "validation_segments", "chunk_size"):
         check_int("--" + name.replace("_", "-"), values[name], 1)
+    check_int("--bounded-cache-size", values["bounded_cache_size"], values["start_size"] + 1)
     check_fraction("--top-fraction", values["top_fraction"])
     return TrainingSpec(**values)
 

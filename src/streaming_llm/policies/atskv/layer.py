@@ -36,6 +36,8 @@ class RelevanceEviction(LayerPolicy):
         self.recent = torch.zeros(0)
         self.hidden = torch.zeros(0, HIDDEN_DIMS)
         self.flags = torch.zeros(0, len(TOKEN_FLAGS), dtype=torch.uint8)
+        #: called with (layer, step, positions, features) of the scored slots (train-relevance's bounded runs)
+        self.recorder = None
         self.evicted_by_threshold = 0
         self.evicted_by_budget = 0
 
@@ -95,6 +97,8 @@ class RelevanceEviction(LayerPolicy):
         features = feature_matrix(
             self.hidden[at], self.accumulated[at], self.recent[at], last[at], age.to(device), at, view.num_slots,
             head_norms(view.keys[..., at, :]), head_norms(view.values[..., at, :]), self.flags[index].to(device))
+        if self.recorder is not None:
+            self.recorder(self.layer_index, view.seen_tokens - 1, view.positions[0, index], features)
         predictor = self.predictor or RelevancePredictor.prior(self.layer_index + 1)
         return predictor.relevance(self.layer_index, features)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ...runs.atomic import write_atomic
 from .features import FEATURE_NAMES, NUM_FEATURES, TOKEN_FLAGS
 
 SHIPPED = "weights"  # folder of this package with the shipped predictors
@@ -97,10 +98,7 @@ class RelevancePredictor:
         partial = weights.with_suffix(".pt.partial")
         torch.save(tensors, partial)
         partial.replace(weights)
-        text = json.dumps(self.manifest, indent=2, sort_keys=True) + "\n"
-        partial = manifest.with_suffix(".json.partial")
-        partial.write_text(text)
-        partial.replace(manifest)
+        write_atomic(manifest, json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
         return weights, manifest
 
     @classmethod

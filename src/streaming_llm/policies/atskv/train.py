@@ -4,12 +4,16 @@
 run), token ``i`` of layer ``l`` is relevant when the attention it receives from the next ``K``
 queries, ``sum_{s=t+1}^{t+K} Ā^l[s, i]`` (``Ā^l``: the layer's probabilities averaged over its
 query heads), is in the top ``top_fraction`` of that sum over the evictable tokens at ``t`` (not
-one of the first ``start_size`` tokens, older than the ``recent_size`` newest). Its features are
-those the policy would compute at ``t`` (:mod:`.features`) with the full cache.
+one of the first ``start_size`` tokens, older than the ``recent_size`` newest).
 
 **Data**: contiguous segments of ``segment_length`` tokens taken after the first ``skip_tokens``
 tokens of each training text; the last ``validation_segments`` segments are held out for the
 manifest's metrics. Everything random (projection, sampling) follows ``seed``.
+
+**Features**: with ``collection="full"`` those the policy would compute at ``t`` with the full
+cache; with ``collection="bounded"`` those it does compute while it runs with ``bounded_cache_size``
+slots (ranking by the untrained prior), so the predictor learns on the statistics it meets in use
+(attention shares over a few hundred slots, not over the whole segment).
 
 **Fit**: per layer, a logistic regression on standardised features (L-BFGS, L2 ``l2``).
 """
@@ -50,6 +54,9 @@ class TrainingSpec:
     first_decision: int = 128
     decision_stride: int = 32
     samples_per_segment: int = 3000  # per layer
+    collection: str = "full"  # features from the full run, or "bounded": from an ATSKV run of bounded_cache_size
+    bounded_cache_size: int = 256
+    chunk_size: int = 32
     l2: float = 1e-3
     seed: int = 0
 
@@ -57,7 +64,8 @@ class TrainingSpec:
         return (f"token i is relevant at decision step t when the attention it receives from the next K={self.horizon} "
                 f"queries (sum over queries t+1..t+K of the head-averaged probability) is in the top "
                 f"{self.top_fraction:.0%} of that sum over the evictable tokens at t (position >= {self.start_size}, "
-                f"older than the {self.recent_size} newest); full-cache runs")
+                f"older than the {self.recent_size} newest); attention from full-cache runs; features from "
+                f"{'full-cache runs' if self.collection == 'full' else f'bounded ATSKV runs of {self.bounded_cache_size} slots (prior ranking, chunks of {self.chunk_size})'}")
 
 
 # -- samples from one full-cache run -------------------------------------------------------
@@ -90,8 +98,7 @@ def layer_samples(probs: torch.Tensor, hidden: torch.Tensor, key_norm: torch.Ten
     features, labels = [], []
     for row, t in enumerate(times.tolist()):
         index = torch.arange(spec.start_size, t - spec.recent_size + 1)
-        future = cumulative[t + spec.horizon, index] - cumulative[t, index]
-        labels.append((future >= torch.quantile(future, 1 - spec.top_fraction)).float())
+        labels.append(future_labels(cumulative, t, index, spec))
         features.append(feature_matrix(hidden[index], cumulative[t, index], recent[row, index], probs[t, index],
                                        t - index, index, t + 1, key_norm[index], value_norm[index], flags[index]))
     x, y = torch.cat(features), torch.cat(labels)
@@ -121,10 +128,19 @@ class _AttentionRecorder:
             handle.remove()
 
 
+@dataclass
+class FullRun:
+    """One full-cache run of a segment: per layer the head-averaged probabilities ``(L, L)``, the
+    projected inputs to attention ``(L, HIDDEN_DIMS)`` and key/value norms ``(L,)``."""
+
+    probs: dict[int, torch.Tensor]
+    hidden: dict[int, torch.Tensor]
+    key_norm: dict[int, torch.Tensor]
+    value_norm: dict[int, torch.Tensor]
+
+
 @torch.no_grad()
-def segment_samples(model, ids: torch.Tensor, projection: torch.Tensor, flag_table: torch.Tensor,
-                    spec: TrainingSpec, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer ``(features, labels)`` from one full-cache run of ``ids`` ``(1, L)``."""
+def full_run(model, ids: torch.Tensor, projection: torch.Tensor) -> FullRun:
     from transformers import DynamicCache
 
     tap = FeatureTap()
@@ -140,14 +156,61 @@ def segment_samples(model, ids: torch.Tensor, projection: torch.Tensor, flag_tab
         recorder.remove()
         for hook in hooks:
             hook.remove()
-    cache = returned_cache(out)
+    layers = returned_cache(out).layers
+    return FullRun(recorder.probs, {i: h.float() @ projection for i, h in tap.hidden.items()},
+                   {i: head_norms(layers[i].keys) for i in recorder.probs},
+                   {i: head_norms(layers[i].values) for i in recorder.probs})
+
+
+def segment_samples(model, ids: torch.Tensor, projection: torch.Tensor, flag_table: torch.Tensor,
+                    spec: TrainingSpec, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer ``(features, labels)`` from one segment ``ids`` ``(1, L)``: features of a full-cache
+    run (``spec.collection == "full"``) or of a bounded run (``"bounded"``), labels from the full run."""
+    run = full_run(model, ids, projection)
+    if spec.collection == "bounded":
+        return bounded_samples(model, ids, run, projection, flag_table, spec, generator)
     flags = flag_table[ids[0]]
+    return [layer_samples(run.probs[layer], run.hidden[layer], run.key_norm[layer], run.value_norm[layer], flags,
+                          spec, generator) for layer in sorted(run.probs)]
+
+
+def future_labels(cumulative: torch.Tensor, step: int, positions: torch.Tensor, spec: TrainingSpec) -> torch.Tensor:
+    """The label of the tokens at ``positions`` at decision ``step``: top ``top_fraction`` of the
+    attention they get from the next ``K`` queries of the full run (``cumulative`` ``(L, L)``)."""
+    future = cumulative[step + spec.horizon, positions] - cumulative[step, positions]
+    return (future >= torch.quantile(future, 1 - spec.top_fraction)).float()
+
+
+@torch.no_grad()
+def bounded_samples(model, ids: torch.Tensor, run: FullRun, projection: torch.Tensor, flag_table: torch.Tensor,
+                    spec: TrainingSpec, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Features as the policy sees them at run time: the candidates of an ATSKV cache of
+    ``bounded_cache_size`` slots whose predictor is the prior (H2O's ranking), at every step it
+    evicts; each labelled by the full run's attention to the same token over the next ``K`` queries."""
+    from .config import ATSKVConfig
+
+    config = ATSKVConfig(cache_size=spec.bounded_cache_size, start_size=spec.start_size,
+                         recent_size=spec.recent_size, predictor="prior")
+    runner = RelevancePredictor.prior(model_fingerprint(model)["num_hidden_layers"])
+    runner.projection, runner.flags = projection, flag_table
+    records: dict[int, list] = {}
+    cache = config.cache_class().from_model(model, config)
+    try:
+        for layer in cache.layers:
+            layer.policy.predictor = runner
+            layer.policy.recorder = lambda i, step, positions, x: records.setdefault(i, []).append((step, positions, x))
+        for start in range(0, ids.shape[1], spec.chunk_size):
+            model(input_ids=ids[:, start : start + spec.chunk_size], use_cache=True, **cache_kwargs(model, cache))
+    finally:
+        cache.disable()
     samples = []
-    for layer in sorted(recorder.probs):
-        hidden = tap.hidden[layer].float() @ projection
-        key_norm = head_norms(cache.layers[layer].keys)
-        value_norm = head_norms(cache.layers[layer].values)
-        samples.append(layer_samples(recorder.probs[layer], hidden, key_norm, value_norm, flags, spec, generator))
+    for layer in sorted(records):
+        cumulative = run.probs[layer].cumsum(dim=0)
+        kept = [(x, future_labels(cumulative, step, positions, spec)) for step, positions, x in records[layer]
+                if step + spec.horizon < ids.shape[1]]
+        x, y = torch.cat([k[0] for k in kept]), torch.cat([k[1] for k in kept])
+        pick = torch.randperm(x.shape[0], generator=generator)[: spec.samples_per_segment]
+        samples.append((x[pick], y[pick]))
     return samples
 
 
