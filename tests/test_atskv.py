@@ -40,6 +40,8 @@ def test_features_follow_the_slots_and_read_the_layer_input(token_stream, monkey
     state is the attention module's own input for that token, the flags those of its token id."""
     model = tiny_model("llama")
     predictor = _predictor_with_projection(model)
+    predictor.weight[:] = 0
+    predictor.weight[:, FEATURE_NAMES.index("key_norm")] = 1.0  # differs by KV head on a random model
     monkeypatch.setattr("streaming_llm.policies.atskv.cache.resolve_predictor", lambda source, m: predictor)
     seen: dict[int, list[torch.Tensor]] = {0: [], 1: []}
     handles = [layer.self_attn.register_forward_pre_hook(
@@ -51,15 +53,17 @@ def test_features_follow_the_slots_and_read_the_layer_input(token_stream, monkey
             hooks_while_open = len(model._forward_pre_hooks)
             _run(model, cache, ids, 6)
             for index, layer in enumerate(cache.layers):
-                policy, positions = layer.policy, layer.positions[0]
-                assert policy.accumulated.shape == policy.recent.shape == (layer.num_slots,)
-                assert policy.hidden.shape == (layer.num_slots, HIDDEN_DIMS)
-                assert policy.flags.shape == (layer.num_slots, len(TOKEN_FLAGS))
+                policy, positions, heads = layer.policy, layer.positions, layer.positions.shape[0]
+                assert policy.accumulated.shape == policy.recent.shape == (heads, layer.num_slots)
+                assert policy.hidden.shape == (heads, layer.num_slots, HIDDEN_DIMS)
+                assert policy.flags.shape == (heads, layer.num_slots, len(TOKEN_FLAGS))
                 inputs = torch.cat(seen[index])  # (60, hidden): every token's input to attention
                 assert torch.allclose(policy.hidden, inputs[positions] @ predictor.projection, atol=1e-5)
                 assert torch.equal(policy.flags, predictor.flags[ids[0, positions]])
                 assert (policy.accumulated > 0).all() and (policy.recent > 0).all()
-                assert positions[:2].tolist() == [0, 1] and positions[-4:].tolist() == list(range(56, 60))
+                assert (positions[:, :2] == torch.tensor([0, 1])).all()
+                assert (positions[:, -4:] == torch.arange(56, 60)).all()
+            assert any(not torch.equal(layer.positions[0], layer.positions[1]) for layer in cache.layers)  # per head
         assert len(model._forward_pre_hooks) < hooks_while_open  # disable() removed the tap's hook
         assert all(len(layer.self_attn._forward_pre_hooks) == 1 for layer in model.model.layers)  # only ours
     finally:

@@ -74,8 +74,8 @@ class ATSKVConfig(PolicyConfig):
         return replace(self, cache_size=slots, recent_size=recent)
 
     def state_bytes_per_slot(self, num_kv_heads: int) -> int:
-        # float32 accumulated and recent attention and projected hidden state, one byte per flag
-        return 4 * (2 + HIDDEN_DIMS) + len(TOKEN_FLAGS)
+        # per KV head: float32 accumulated and recent attention and projected hidden state, a byte per flag
+        return num_kv_heads * (4 * (2 + HIDDEN_DIMS) + len(TOKEN_FLAGS))
 
     def cache_class(self) -> type:
         from .cache import ATSKVCache

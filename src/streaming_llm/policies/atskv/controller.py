@@ -37,15 +37,17 @@ class ThresholdController:
         feedforward = max(0, occupancy - self.target) / candidates
         return min(1.0, max(0.0, feedforward + self.q_integral))
 
-    def threshold(self, relevance: torch.Tensor, q: float) -> float:
-        """``τ = β · quantile(r, q)`` (0 when ``q <= 0``)."""
-        if q <= 0 or relevance.numel() == 0:
-            return 0.0
-        return self.beta * float(torch.quantile(relevance.float(), q))
+    def threshold(self, relevance: torch.Tensor, q: float) -> torch.Tensor:
+        """``τ = β · quantile(r, q)`` along the last axis of ``relevance`` ``(..., c)``, shape
+        ``(..., 1)`` (0 when ``q <= 0``: every relevance is above it)."""
+        if q <= 0 or relevance.shape[-1] == 0:
+            return relevance.new_zeros(*relevance.shape[:-1], 1)
+        return self.beta * torch.quantile(relevance.float(), q, dim=-1, keepdim=True)
 
     def keep_mask(self, relevance: torch.Tensor, occupancy: int) -> torch.Tensor:
-        """``M = 1[r > τ]`` over the evictable slots' relevances ``(n_candidates,)``."""
-        self.q = self.quantile_level(occupancy, relevance.numel())
+        """``M = 1[r > τ]`` over the evictable slots' relevances ``(..., n_candidates)`` (one
+        threshold per leading row: per KV head)."""
+        self.q = self.quantile_level(occupancy, relevance.shape[-1])
         return relevance > self.threshold(relevance, self.q)
 
     def observe(self, occupancy: int, occupancy_after: int) -> None:

@@ -6,7 +6,7 @@ predictor is trained on full-cache runs (:mod:`.train`) and when the policy scor
   ``HIDDEN_DIMS`` floats of state per slot instead of ``hidden_size``, it needs no fitting (the
   logistic regression learns which directions matter), and one matrix serves every layer, so the
   shipped file stays small (a per-layer PCA would cost ``num_layers x hidden x dims`` floats).
-- ``a``: attention the slot received, averaged over all query heads of the layer:
+- ``a``: attention the slot received in its KV head, averaged over the query heads sharing it (GQA):
   accumulated over every query so far (H2O's score), over a recent window (an exponential
   moving average with window :data:`RECENT_WINDOW` queries), and from the last query (TOVA's).
   The window and last-query shares are multiplied by the number of visible slots ``n`` so that a
@@ -14,6 +14,10 @@ predictor is trained on full-cache runs (:mod:`.train`) and when the policy scor
 - ``f``: handcrafted: age (tokens since the slot's token), position in the cache (slot index /
   ``n``), key and value norms (mean over KV heads; rotation leaves a key's norm unchanged), and
   four token-type flags from the tokenizer (punctuation, newline, digit, first piece of a word).
+
+Relevance is per KV head, as H2O keeps tokens per KV head (on SmolLM2 one choice per layer was
+clearly worse): every feature has a leading ``H_kv`` axis; ``h``, age and the flags are the
+token's, the same in every head.
 
 Every feature is a column of :data:`FEATURE_NAMES`; :func:`feature_matrix` builds them.
 """
@@ -63,20 +67,21 @@ def token_flags(tokenizer, vocab_size: int) -> torch.Tensor:
 
 
 def recent_update(previous: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """The recent-window average after this step's queries: ``previous`` ``(n,)`` (zero for new
-    slots), ``probs`` ``(q, n)`` in query order; per query ``e <- d e + (1 - d) p``."""
+    """The recent-window average after this step's queries: ``previous`` ``(..., n)`` (zero for
+    new slots), ``probs`` ``(..., q, n)`` in query order; per query ``e <- d e + (1 - d) p``."""
     decay = recent_decay()
-    q = probs.shape[0]
+    q = probs.shape[-2]
     weights = (1 - decay) * decay ** torch.arange(q - 1, -1, -1, dtype=probs.dtype, device=probs.device)
-    return previous * decay**q + weights @ probs
+    return previous * decay**q + torch.einsum("q,...qn->...n", weights, probs)
 
 
 def feature_matrix(hidden: torch.Tensor, accumulated: torch.Tensor, recent: torch.Tensor, last: torch.Tensor,
                    age: torch.Tensor, cache_index: torch.Tensor, visible: int, key_norm: torch.Tensor,
                    value_norm: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
-    """``(n, NUM_FEATURES)`` features of ``n`` slots: ``hidden`` ``(n, HIDDEN_DIMS)`` projected
-    states, the attention statistics and norms ``(n,)``, ``age`` in tokens, ``cache_index`` the
-    slot's index among the ``visible`` slots the last query saw, ``flags`` ``(n, 4)``."""
+    """``(..., n, NUM_FEATURES)`` features of ``n`` slots (leading axes: KV heads): ``hidden``
+    ``(..., n, HIDDEN_DIMS)`` projected states, the attention statistics and norms ``(..., n)``,
+    ``age`` in tokens, ``cache_index`` the slot's index among the ``visible`` slots the last query
+    saw, ``flags`` ``(..., n, 4)``; tensors without the leading axes are broadcast."""
     columns = [
         torch.log(accumulated + _EPS),
         torch.log(recent * visible + _EPS),
@@ -86,9 +91,11 @@ def feature_matrix(hidden: torch.Tensor, accumulated: torch.Tensor, recent: torc
         key_norm,
         value_norm,
     ]
-    return torch.cat([hidden.float(), torch.stack([c.float() for c in columns], dim=-1), flags.float()], dim=-1)
+    stats = torch.stack(torch.broadcast_tensors(*[c.float() for c in columns]), dim=-1)
+    shape = stats.shape[:-1]
+    return torch.cat([hidden.float().expand(*shape, -1), stats, flags.float().expand(*shape, -1)], dim=-1)
 
 
 def head_norms(states: torch.Tensor) -> torch.Tensor:
-    """``(1, H_kv, n, D)`` -> ``(n,)``: each slot's L2 norm, averaged over KV heads."""
-    return states.float().norm(dim=-1).mean(dim=(0, 1))
+    """``(1, H_kv, n, D)`` -> ``(H_kv, n)``: each slot's L2 norm in each KV head."""
+    return states[0].float().norm(dim=-1)

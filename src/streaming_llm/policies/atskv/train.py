@@ -31,6 +31,7 @@ from ...compat import cache_kwargs, returned_cache
 from ...data import load_text
 from .features import FEATURE_NAMES, RECENT_WINDOW, feature_matrix, head_norms, hidden_projection, recent_decay, \
     token_flags
+from ..scored import per_kv_head
 from .predictor import RelevancePredictor, model_fingerprint
 from .tap import FeatureTap
 
@@ -61,8 +62,8 @@ class TrainingSpec:
     seed: int = 0
 
     def label_text(self) -> str:
-        return (f"token i is relevant at decision step t when the attention it receives from the next K={self.horizon} "
-                f"queries (sum over queries t+1..t+K of the head-averaged probability) is in the top "
+        return (f"token i is relevant in a KV head at decision step t when the attention it receives there from the next K={self.horizon} "
+                f"queries (sum over queries t+1..t+K of the probability averaged over the query heads sharing that KV head) is in the top "
                 f"{self.top_fraction:.0%} of that sum over the evictable tokens at t (position >= {self.start_size}, "
                 f"older than the {self.recent_size} newest); attention from full-cache runs; features from "
                 f"{'full-cache runs' if self.collection == 'full' else f'bounded ATSKV runs of {self.bounded_cache_size} slots (prior ranking, chunks of {self.chunk_size})'}")
@@ -88,9 +89,11 @@ def _recent_at(probs: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
 
 
 def layer_samples(probs: torch.Tensor, hidden: torch.Tensor, key_norm: torch.Tensor, value_norm: torch.Tensor,
-                  flags: torch.Tensor, spec: TrainingSpec, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features ``(S, F)`` and labels ``(S,)`` of one layer of one segment; ``probs`` ``(L, L)``
-    head-averaged, ``hidden`` ``(L, HIDDEN_DIMS)`` projected, norms ``(L,)``, ``flags`` ``(L, 4)``."""
+                  flags: torch.Tensor, spec: TrainingSpec, generator: torch.Generator,
+                  heads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``(S, F)`` and labels ``(S,)`` of one KV head of one layer of one segment (``1 /
+    heads`` of the samples); ``probs`` ``(L, L)``, ``hidden`` ``(L, HIDDEN_DIMS)`` projected, norms
+    ``(L,)``, ``flags`` ``(L, 4)``."""
     length = probs.shape[0]
     cumulative = probs.cumsum(dim=0)
     times = torch.arange(spec.first_decision, length - spec.horizon, spec.decision_stride)
@@ -101,8 +104,11 @@ def layer_samples(probs: torch.Tensor, hidden: torch.Tensor, key_norm: torch.Ten
         labels.append(future_labels(cumulative, t, index, spec))
         features.append(feature_matrix(hidden[index], cumulative[t, index], recent[row, index], probs[t, index],
                                        t - index, index, t + 1, key_norm[index], value_norm[index], flags[index]))
-    x, y = torch.cat(features), torch.cat(labels)
-    pick = torch.randperm(x.shape[0], generator=generator)[: spec.samples_per_segment]
+    return _sample(torch.cat(features), torch.cat(labels), spec.samples_per_segment // heads, generator)
+
+
+def _sample(x: torch.Tensor, y: torch.Tensor, count: int, generator: torch.Generator):
+    pick = torch.randperm(x.shape[0], generator=generator)[:count]
     return x[pick], y[pick]
 
 
@@ -110,7 +116,8 @@ class _AttentionRecorder:
     """Forward hooks on the attention modules noting each layer's head-averaged probabilities
     (eager attention returns them), removed by :meth:`remove`."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, num_kv_heads: int):
+        self.num_kv_heads = num_kv_heads
         self.probs: dict[int, torch.Tensor] = {}
         modules = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)]
         self.handles = [m.register_forward_hook(self._hook(m.layer_idx)) for m in modules]
@@ -120,7 +127,7 @@ class _AttentionRecorder:
             weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if weights is None:
                 raise RuntimeError("the attention module returned no probabilities; train-relevance needs eager attention")
-            self.probs[layer_idx] = weights[0].float().mean(dim=0)  # (L, L)
+            self.probs[layer_idx] = per_kv_head(weights.float(), self.num_kv_heads)  # (H_kv, L, L)
         return hook
 
     def remove(self) -> None:
@@ -130,8 +137,9 @@ class _AttentionRecorder:
 
 @dataclass
 class FullRun:
-    """One full-cache run of a segment: per layer the head-averaged probabilities ``(L, L)``, the
-    projected inputs to attention ``(L, HIDDEN_DIMS)`` and key/value norms ``(L,)``."""
+    """One full-cache run of a segment: per layer the probabilities per KV head ``(H_kv, L, L)``
+    (averaged over the query heads sharing it), the projected inputs to attention
+    ``(L, HIDDEN_DIMS)`` and key/value norms ``(H_kv, L)``."""
 
     probs: dict[int, torch.Tensor]
     hidden: dict[int, torch.Tensor]
@@ -144,7 +152,7 @@ def full_run(model, ids: torch.Tensor, projection: torch.Tensor) -> FullRun:
     from transformers import DynamicCache
 
     tap = FeatureTap()
-    recorder = _AttentionRecorder(model)
+    recorder = _AttentionRecorder(model, model_fingerprint(model)["num_key_value_heads"])
     hooks = [m.register_forward_pre_hook(lambda mod, a, k, i=m.layer_idx: tap.note_hidden(i, mod, a, k), with_kwargs=True)
              for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)]
     previous = model.config._attn_implementation
@@ -170,15 +178,22 @@ def segment_samples(model, ids: torch.Tensor, projection: torch.Tensor, flag_tab
     if spec.collection == "bounded":
         return bounded_samples(model, ids, run, projection, flag_table, spec, generator)
     flags = flag_table[ids[0]]
-    return [layer_samples(run.probs[layer], run.hidden[layer], run.key_norm[layer], run.value_norm[layer], flags,
-                          spec, generator) for layer in sorted(run.probs)]
+    samples = []
+    for layer in sorted(run.probs):
+        heads = range(run.probs[layer].shape[0])
+        per_head = [layer_samples(run.probs[layer][h], run.hidden[layer], run.key_norm[layer][h],
+                                  run.value_norm[layer][h], flags, spec, generator, len(heads)) for h in heads]
+        samples.append((torch.cat([x for x, _ in per_head]), torch.cat([y for _, y in per_head])))
+    return samples
 
 
 def future_labels(cumulative: torch.Tensor, step: int, positions: torch.Tensor, spec: TrainingSpec) -> torch.Tensor:
-    """The label of the tokens at ``positions`` at decision ``step``: top ``top_fraction`` of the
-    attention they get from the next ``K`` queries of the full run (``cumulative`` ``(L, L)``)."""
-    future = cumulative[step + spec.horizon, positions] - cumulative[step, positions]
-    return (future >= torch.quantile(future, 1 - spec.top_fraction)).float()
+    """The label of the tokens at ``positions`` ``(..., c)`` at decision ``step``: top
+    ``top_fraction`` (per leading row: per KV head) of the attention they get from the next ``K``
+    queries of the full run (``cumulative`` ``(..., L, L)``, summed over queries)."""
+    later, now = cumulative[..., step + spec.horizon, :], cumulative[..., step, :]
+    future = later.gather(-1, positions) - now.gather(-1, positions)
+    return (future >= torch.quantile(future, 1 - spec.top_fraction, dim=-1, keepdim=True)).float()
 
 
 @torch.no_grad()
@@ -206,11 +221,10 @@ def bounded_samples(model, ids: torch.Tensor, run: FullRun, projection: torch.Te
     samples = []
     for layer in sorted(records):
         cumulative = run.probs[layer].cumsum(dim=0)
-        kept = [(x, future_labels(cumulative, step, positions, spec)) for step, positions, x in records[layer]
-                if step + spec.horizon < ids.shape[1]]
-        x, y = torch.cat([k[0] for k in kept]), torch.cat([k[1] for k in kept])
-        pick = torch.randperm(x.shape[0], generator=generator)[: spec.samples_per_segment]
-        samples.append((x[pick], y[pick]))
+        kept = [(x.flatten(0, 1), future_labels(cumulative, step, positions.to(cumulative.device), spec).flatten())
+                for step, positions, x in records[layer] if step + spec.horizon < ids.shape[1]]
+        samples.append(_sample(torch.cat([k[0] for k in kept]), torch.cat([k[1] for k in kept]),
+                               spec.samples_per_segment, generator))
     return samples
 
 
