@@ -5,6 +5,8 @@
 # Every bounded policy is sized to the bytes StreamingLLM START+RECENT holds on SmolLM2 fp32
 # (--cache-bytes; ATSKV's per-slot state counts, so it holds fewer slots). The full cache is the
 # reference for gap closure. Runs resume: a finished run's record under OUT/<book>/runs is reused.
+# Records are keyed by parameters, not by the predictor file's contents: after retraining the
+# shipped predictor, delete OUT/*/runs/atskv-*.json.
 # The shipped predictor was trained on tokens 20000..24096 of pioneer-days and dragons-blood, past
 # the evaluated prefixes (0..16384); travels-in-morocco was never trained on.
 #
