@@ -4,7 +4,9 @@
 #
 # Every bounded policy is sized to the bytes StreamingLLM START+RECENT holds on SmolLM2 fp32
 # (--cache-bytes; ATSKV's per-slot state counts, so it holds fewer slots). The full cache is the
-# reference for gap closure. Runs resume: a finished run's record under OUT/<book>/runs is reused.
+# reference for gap closure. atskv:predictor=prior is the ablation: the same policy ranking by
+# accumulated attention (untrained), to tell the predictor's effect from the policy's.
+# Runs resume: a finished run's record under OUT/<book>/runs is reused.
 # Records are keyed by parameters, not by the predictor file's contents: after retraining the
 # shipped predictor, delete OUT/*/runs/atskv-*.json.
 # The shipped predictor was trained on tokens 20000..24096 of pioneer-days and dragons-blood, past
@@ -23,7 +25,7 @@ REFERENCE="streaming:start_size=4,recent_size=${RECENT}"
 for book in $BOOKS; do
     PYTHONPATH=src .venv/bin/python -m streaming_llm eval --model smollm2-135m --text "builtin:${book}" \
         --num-tokens "$TOKENS" --chunk-size 32 --cache-bytes "$REFERENCE" \
-        --policy full "$REFERENCE" atskv h2o \
+        --policy full "$REFERENCE" atskv atskv:predictor=prior h2o \
             adms:start_size=4,enable_dynamic_sink=false,compressed_budget=128,importance_ratio=1.0,importance_metric=attention \
         --output-dir "$OUT/$book" --quiet
 done

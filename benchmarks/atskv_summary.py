@@ -12,7 +12,7 @@ from pathlib import Path
 
 from streaming_llm.report import write_atomic
 
-SHOWN = ("cache_size", "heavy_size", "recent_size", "compressed_budget", "start_size")
+SHOWN = ("cache_size", "heavy_size", "recent_size", "compressed_budget", "start_size", "predictor")
 
 
 def book_rows(results: list[dict]) -> list[str]:
