@@ -131,8 +131,7 @@ def test_predictor_files_round_trip(tmp_path, tiny_llama):
     assert torch.equal(loaded.flags, predictor.flags) and torch.equal(loaded.projection, predictor.projection)
     with pytest.raises(ValueError, match="predictor="):
         resolve_predictor(str(tmp_path / "p"), tiny_model("llama", hidden_size=32))
-    with pytest.raises(ValueError, match="predictor='auto'"):
-        resolve_predictor("auto", tiny_llama)
+    assert resolve_predictor("auto", tiny_llama).manifest == {"predictor": "prior"}  # nothing ships for it
 
 
 def test_smollm2_predictor_ships_with_its_manifest():

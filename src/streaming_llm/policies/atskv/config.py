@@ -43,7 +43,8 @@ class ATSKVConfig(PolicyConfig):
     q_gain:
         Gain of the integral term of ``q^l(t)`` per step (in [0, 1]; 0 = feedforward only).
     predictor:
-        ``'auto'`` (the shipped predictor trained for the model; SmolLM2-135M ships), ``'prior'``
+        ``'auto'`` (the shipped predictor trained for the model, SmolLM2-135M ships; on other
+        models the prior, with a warning), ``'prior'``
         (untrained: accumulated attention, H2O's ranking) or the path of a predictor written by
         ``streaming-llm train-relevance`` (``NAME.pt`` with ``NAME.json``).
     """

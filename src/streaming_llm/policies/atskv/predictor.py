@@ -13,6 +13,7 @@ metrics. ``streaming-llm train-relevance`` writes both; the SmolLM2 pair ships i
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,8 @@ import torch
 
 from ...runs.atomic import write_atomic
 from .features import FEATURE_NAMES, NUM_FEATURES, TOKEN_FLAGS
+
+log = logging.getLogger("streaming_llm.atskv")
 
 SHIPPED = "weights"  # folder of this package with the shipped predictors
 
@@ -129,7 +132,8 @@ def shipped_predictors() -> list[Path]:
 
 
 def resolve_predictor(source: str, model: torch.nn.Module) -> RelevancePredictor:
-    """``"auto"``: the shipped predictor trained for this model's architecture; ``"prior"``: the
+    """``"auto"``: the shipped predictor trained for this model's architecture (the prior, with a
+    warning, when none is); ``"prior"``: the
     untrained H2O-like ranking; otherwise a path written by ``streaming-llm train-relevance``."""
     num_layers = model_fingerprint(model)["num_hidden_layers"]
     if source == "prior":
@@ -139,9 +143,11 @@ def resolve_predictor(source: str, model: torch.nn.Module) -> RelevancePredictor
         for stem in shipped_predictors():
             if json.loads(stem.with_suffix(".json").read_text()).get("model_fingerprint") == fingerprint:
                 return RelevancePredictor.load(stem)
-        raise ValueError(f"predictor='auto': no shipped predictor is trained for this model ({fingerprint}); "
-                         "train one with streaming-llm train-relevance and pass predictor=PATH, "
-                         "or use predictor='prior' (ranks by accumulated attention)")
+        # every policy builds with its defaults on any model: fall back to the prior, loudly
+        log.warning("atskv predictor='auto': no shipped predictor is trained for this model (%s); using the "
+                    "untrained prior (accumulated attention). Train one with streaming-llm train-relevance and pass "
+                    "predictor=PATH", fingerprint)
+        return RelevancePredictor.prior(num_layers)
     predictor = RelevancePredictor.load(source)
     predictor.check_model(model, source)
     return predictor
