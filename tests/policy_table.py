@@ -19,6 +19,7 @@ POLICY_ROWS = [
     ("snapkv", dict(cache_size=16, window_size=4, reselect_interval=4)),
     ("dynamickv", dict(cache_size=16, window_size=4, reselect_interval=4)),
     ("rocketkv", dict(storage_size=16, topk=8, window_size=4, reselect_interval=4, kernel_size=5)),
+    ("atskv", dict(cache_size=16, start_size=2, recent_size=4, predictor="prior")),
     ("adms", dict(start_size=2, recent_size=8, compressed_budget=12, enable_dynamic_sink=False, rank=4)),
     ("adms", dict(start_size=2, recent_size=8, compressed_budget=8, enable_dynamic_sink=False, rank=4,
                   compression_interval=3)),

@@ -31,6 +31,7 @@ POLICY_PARAMS = {
     "rocketkv": {"storage_size": 40, "topk": 8, "page_size": 2, "topr": 4, "window_size": 4, "kernel_size": 3},
     "adms": {"start_size": 2, "recent_size": 8, "compressed_budget": 4, "compression_interval": 4,
              "enable_dynamic_sink": False},
+    "atskv": {"cache_size": 12, "start_size": 2, "recent_size": 4, "predictor": "prior"},
 }
 
 

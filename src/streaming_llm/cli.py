@@ -1,7 +1,7 @@
 """``streaming-llm`` command line: ``eval`` compares policies on one stream; ``sweep`` runs a grid of
 scenarios x profiles; ``tasks`` scores synthetic long-context tasks; ``benchmark`` scores LongBench
 or ZeroSCROLLS tasks; ``experiment`` runs seed 003's methods x context sizes over all of them;
-``policies`` lists the policies."""
+``train-relevance`` trains ATSKV's relevance predictor; ``policies`` lists the policies."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .experiment import add_experiment_parser
 from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_reuse
 from .evaluation.runs import SUMMARY_COLUMNS, RunSpec
 from .policies import ALIASES, get_policy_config_class, list_policies, names_help
+from .policies.atskv.cli import add_train_relevance_parser
 from .report import console_table, csv_text, markdown_table, write_atomic, write_json
 from .report.comparison import shown_params
 from .report.plots import markdown_images, write_standard_plots
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tasks_parser(sub)
     add_benchmark_parser(sub)
     add_experiment_parser(sub)
+    add_train_relevance_parser(sub)
 
     pol = sub.add_parser("policies", help="list policies and their parameters")
     pol.set_defaults(func=cmd_policies)

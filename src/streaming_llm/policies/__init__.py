@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .adms import ADMSConfig
+from .atskv import ATSKVConfig
 from .base import LayerPolicy, PolicyConfig, SlotRewrite, SlotView
 from .dynamickv import DynamicKVConfig
 from .full import FullConfig
@@ -16,7 +17,7 @@ from .tova import TOVAConfig
 REGISTRY: dict[str, type[PolicyConfig]] = {
     cls.name: cls for cls in (
         FullConfig, SlidingWindowConfig, StreamingConfig, ADMSConfig, H2OConfig, TOVAConfig, SnapKVConfig, DynamicKVConfig,
-        RocketKVConfig,
+        RocketKVConfig, ATSKVConfig,
     )
 }
 
