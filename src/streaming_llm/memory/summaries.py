@@ -11,7 +11,7 @@ attention logit its block would get.
   the block's keys; logit = the upper bound ``sum_d max(q_d min_d, q_d max_d)`` of ``q . k``.
 - :class:`QuantizedKeys`: every key of the block at ``bits`` bits per element (per (head, token)
   absmax scale, fp16); logit = the best dot product with the dequantised keys. At 4 bits it costs
-  ``D / 2 + 2`` bytes per key (36 of the 256 bytes of an fp32 key at ``D = 64``). Measured on SmolLM2
+  ``D / 2 + 2`` bytes per key (34 of the 256 bytes of an fp32 key at ``D = 64``). Measured on SmolLM2
   (docs/results/memory/README.md): the 4 representatives and the min/max bounds recalled the
   passkey's block no better than chance, every key at 4 bits did as well as every key in fp32.
 
