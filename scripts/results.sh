@@ -43,7 +43,7 @@ for part in "${parts[@]}"; do
                 --scenarios "$scenario" --profiles "${PROFILES[@]}" "${force[@]}"
             copy_reports outputs/results/adms_equal_memory docs/results/adms_equal_memory ;;
         experiment)
-            OMP_NUM_THREADS=1 .venv/bin/streaming-llm experiment --methods full sliding_window dynamic_kv rocket_kv \
+            OMP_NUM_THREADS=1 .venv/bin/streaming-llm experiment \
                 --synthetic_tasks passkey needle --depths 0.25 0.75 --samples 1 --quiet "${force[@]}" \
                 --output_dir outputs/results/experiment
             copy_reports outputs/results/experiment docs/results/experiment ;;
