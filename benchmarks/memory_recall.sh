@@ -45,6 +45,7 @@ short_lane() {  # 4k and 8k
   for book in $BOOKS; do cells passkey 4096 "0.1 0.9" "$book" streaming+memory full; done
   # ADMS: a fixed sink (its dynamic sink is sized for 32k-token streams: 327 sinks, more than the budget)
   for book in $BOOKS; do cells passkey 4096 0.5 "$book" h2o+memory adms+memory:enable_dynamic_sink=false; done
+  for book in $BOOKS; do cells passkey 4096 0.5 "$book" atskv atskv+memory; done  # issue 17: atskv with and without memory
   for book in $BOOKS; do cells passkey 8192 0.5 "$book" streaming+memory full "$STREAMING"; done
 }
 
