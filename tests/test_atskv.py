@@ -13,8 +13,8 @@ from streaming_llm.cli import main
 from streaming_llm.compat import cache_kwargs
 from streaming_llm.policies import make_policy_config
 from streaming_llm.policies.atskv import RelevancePredictor, ThresholdController
-from streaming_llm.policies.atskv.features import (FEATURE_NAMES, HIDDEN_DIMS, NUM_FEATURES, TOKEN_FLAGS,
-                                                   feature_matrix, recent_update)
+from streaming_llm.policies.atskv.features import (DYNAMIC_FEATURES, FEATURE_NAMES, HIDDEN_DIMS, NUM_FEATURES,
+                                                   STATIC_FEATURES, feature_matrix, recent_update)
 from streaming_llm.policies.atskv.predictor import model_fingerprint, resolve_predictor, shipped_predictors
 from streaming_llm.policies.atskv.train import _recent_at, auc, fit_logistic
 
@@ -37,11 +37,15 @@ def _predictor_with_projection(model, seed=0) -> RelevancePredictor:
 # -- features ------------------------------------------------------------------------------
 def test_features_follow_the_slots_and_read_the_layer_input(token_stream, monkeypatch):
     """On a tiny model the per-slot state stays aligned with the kept slots: the projected hidden
-    state is the attention module's own input for that token, the flags those of its token id."""
+    state is the attention module's own input for that token, the flags those of its token id.
+    Recording (as train-relevance does) keeps those features; running keeps only their share of
+    the logit, which selects the same slots."""
     model = tiny_model("llama")
     predictor = _predictor_with_projection(model)
     predictor.weight[:] = 0
     predictor.weight[:, FEATURE_NAMES.index("key_norm")] = 1.0  # differs by KV head on a random model
+    for name in ("h0", "h3", "digit", "word_start"):  # static columns, so folding them matters
+        predictor.weight[:, FEATURE_NAMES.index(name)] = 0.02
     monkeypatch.setattr("streaming_llm.policies.atskv.cache.resolve_predictor", lambda source, m: predictor)
     seen: dict[int, list[torch.Tensor]] = {0: [], 1: []}
     handles = [layer.self_attn.register_forward_pre_hook(
@@ -49,26 +53,47 @@ def test_features_follow_the_slots_and_read_the_layer_input(token_stream, monkey
         for i, layer in enumerate(model.model.layers)]
     ids = token_stream[:, :60]
     try:
+        recorded = []
         with make_cache(model, "atskv", cache_size=20, start_size=2, recent_size=4) as cache:
+            for layer in cache.layers:
+                layer.policy.recorder = lambda *record: None
             hooks_while_open = len(model._forward_pre_hooks)
             _run(model, cache, ids, 6)
             for index, layer in enumerate(cache.layers):
                 policy, positions, heads = layer.policy, layer.positions, layer.positions.shape[0]
                 assert policy.accumulated.shape == policy.recent.shape == (heads, layer.num_slots)
-                assert policy.hidden.shape == (heads, layer.num_slots, HIDDEN_DIMS)
-                assert policy.flags.shape == (heads, layer.num_slots, len(TOKEN_FLAGS))
+                assert policy.static.shape == (heads, layer.num_slots, len(STATIC_FEATURES))
                 inputs = torch.cat(seen[index])  # (60, hidden): every token's input to attention
-                assert torch.allclose(policy.hidden, inputs[positions] @ predictor.projection, atol=1e-5)
-                assert torch.equal(policy.flags, predictor.flags[ids[0, positions]])
+                hidden, flags = policy.static[..., :HIDDEN_DIMS], policy.static[..., HIDDEN_DIMS:]
+                assert torch.allclose(hidden, inputs[positions] @ predictor.projection, atol=1e-5)
+                assert torch.equal(flags, predictor.flags[ids[0, positions]].float())
                 assert (policy.accumulated > 0).all() and (policy.recent > 0).all()
                 assert (positions[:, :2] == torch.tensor([0, 1])).all()
                 assert (positions[:, -4:] == torch.arange(56, 60)).all()
+                recorded.append((positions.clone(), policy.static.clone()))
             assert any(not torch.equal(layer.positions[0], layer.positions[1]) for layer in cache.layers)  # per head
         assert len(model._forward_pre_hooks) < hooks_while_open  # disable() removed the tap's hook
         assert all(len(layer.self_attn._forward_pre_hooks) == 1 for layer in model.model.layers)  # only ours
+        with make_cache(model, "atskv", cache_size=20, start_size=2, recent_size=4) as cache:
+            _run(model, cache, ids, 6)
+            for index, (layer, (positions, static)) in enumerate(zip(cache.layers, recorded)):
+                assert torch.equal(layer.positions, positions)
+                assert layer.policy.static.shape == positions.shape
+                assert torch.allclose(layer.policy.static, predictor.static_logits(index, static), atol=1e-5)
     finally:
         for handle in handles:
             handle.remove()
+
+
+def test_folded_relevance_equals_the_whole_row():
+    predictor = RelevancePredictor(torch.randn(2, NUM_FEATURES), torch.randn(2), torch.randn(2, NUM_FEATURES),
+                                   torch.rand(2, NUM_FEATURES) + 0.5)
+    features = torch.randn(3, 7, NUM_FEATURES)
+    static = features[..., [FEATURE_NAMES.index(name) for name in STATIC_FEATURES]]
+    dynamic = features[..., [FEATURE_NAMES.index(name) for name in DYNAMIC_FEATURES]]
+    assert len(STATIC_FEATURES) + len(DYNAMIC_FEATURES) == NUM_FEATURES
+    folded = predictor.relevance_folded(1, dynamic, predictor.static_logits(1, static))
+    assert torch.allclose(folded, predictor.relevance(1, features), atol=1e-6)
 
 
 def test_feature_columns():

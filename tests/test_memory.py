@@ -17,7 +17,7 @@ from streaming_llm.cli import main
 from streaming_llm.compat import cache_kwargs
 from streaming_llm.evaluation.runs import RunSpec
 from streaming_llm.memory import LayerMemory, MemoryConfig
-from streaming_llm.memory.summaries import QuantizedKeys, SummaryBank, pack, unpack
+from streaming_llm.memory.summaries import QuantizedKeys, SummaryBank, best_key_mass, pack, unpack
 from streaming_llm.policies.streaming import SinksAndRecent
 from streaming_llm.positions import RotateHalfRoPE
 from streaming_llm.sizing import cache_bytes_of, size_for_comparison
@@ -134,6 +134,18 @@ def test_quantized_summary_keeps_every_key_within_half_a_step(bits):
     error = (summarizer.dequantize(codes, scales) - keys).abs()
     assert bool((error <= step / 2 + step * 2e-3).all())  # fp16 scales add a relative 1e-3
     assert bool((error > 0).any())
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantized_score_equals_the_mass_of_the_dequantised_keys(bits):
+    """The score works on the packed codes; it must rank as the dequantised keys do."""
+    torch.manual_seed(7)
+    summarizer = QuantizedKeys(bits)
+    blocks = [summarizer.summarize(torch.randn(HEADS, 8, DIM) * 2, None) for _ in range(5)]
+    codes, scales = (torch.stack(part) for part in zip(*blocks))  # (N, H, bs, ...)
+    queries = torch.randn(HEADS, 6, DIM)
+    expected = best_key_mass(summarizer.dequantize(codes, scales), queries)
+    assert torch.allclose(summarizer.score((codes, scales), queries), expected, atol=1e-5)
 
 
 def test_pack_unpack_round_trip():

@@ -17,7 +17,6 @@ from typing import ClassVar
 
 from ...checks import check_fraction
 from ..base import LayerPolicy, PolicyConfig, check_int
-from .features import HIDDEN_DIMS, TOKEN_FLAGS
 from .layer import RelevanceEviction
 
 PREDICTOR_NAMES = ("auto", "prior")
@@ -77,8 +76,8 @@ class ATSKVConfig(PolicyConfig):
         return replace(self, cache_size=slots, recent_size=recent)
 
     def state_bytes_per_slot(self, num_kv_heads: int) -> int:
-        # per KV head: float32 accumulated and recent attention and projected hidden state, a byte per flag
-        return num_kv_heads * (4 * (2 + HIDDEN_DIMS) + len(TOKEN_FLAGS))
+        # per KV head, float32: accumulated and recent attention, the static share of the logit
+        return num_kv_heads * 4 * 3
 
     def cache_class(self) -> type:
         from .cache import ATSKVCache

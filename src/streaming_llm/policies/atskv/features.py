@@ -39,6 +39,10 @@ ATTENTION_FEATURES = ("attention_accumulated", "attention_recent", "attention_la
 HANDCRAFTED = ("age", "cache_position", "key_norm", "value_norm", *TOKEN_FLAGS)
 FEATURE_NAMES = (*(f"h{i}" for i in range(HIDDEN_DIMS)), *ATTENTION_FEATURES, *HANDCRAFTED)
 NUM_FEATURES = len(FEATURE_NAMES)
+#: the columns fixed when a token arrives: a linear predictor's share of them folds into one number
+#: per slot (:meth:`.predictor.RelevancePredictor.static_logits`), so the cache need not keep them
+STATIC_FEATURES = (*(f"h{i}" for i in range(HIDDEN_DIMS)), *TOKEN_FLAGS)
+DYNAMIC_FEATURES = (*ATTENTION_FEATURES, *HANDCRAFTED[: len(HANDCRAFTED) - len(TOKEN_FLAGS)])
 _EPS = 1e-6
 
 
@@ -82,6 +86,16 @@ def feature_matrix(hidden: torch.Tensor, accumulated: torch.Tensor, recent: torc
     ``(..., n, HIDDEN_DIMS)`` projected states, the attention statistics and norms ``(..., n)``,
     ``age`` in tokens, ``cache_index`` the slot's index among the ``visible`` slots the last query
     saw, ``flags`` ``(..., n, 4)``; tensors without the leading axes are broadcast."""
+    stats = dynamic_features(accumulated, recent, last, age, cache_index, visible, key_norm, value_norm)
+    shape = stats.shape[:-1]
+    return torch.cat([hidden.float().expand(*shape, -1), stats, flags.float().expand(*shape, -1)], dim=-1)
+
+
+def dynamic_features(accumulated: torch.Tensor, recent: torch.Tensor, last: torch.Tensor, age: torch.Tensor,
+                     cache_index: torch.Tensor, visible: int, key_norm: torch.Tensor,
+                     value_norm: torch.Tensor) -> torch.Tensor:
+    """``(..., n, len(DYNAMIC_FEATURES))``: the columns of :func:`feature_matrix` that change
+    while a slot is cached (attention, age, position, norms), in :data:`DYNAMIC_FEATURES` order."""
     columns = [
         torch.log(accumulated + _EPS),
         torch.log(recent * visible + _EPS),
@@ -91,9 +105,13 @@ def feature_matrix(hidden: torch.Tensor, accumulated: torch.Tensor, recent: torc
         key_norm,
         value_norm,
     ]
-    stats = torch.stack(torch.broadcast_tensors(*[c.float() for c in columns]), dim=-1)
-    shape = stats.shape[:-1]
-    return torch.cat([hidden.float().expand(*shape, -1), stats, flags.float().expand(*shape, -1)], dim=-1)
+    return torch.stack(torch.broadcast_tensors(*[c.float() for c in columns]), dim=-1)
+
+
+def static_features(hidden: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """``(..., n, len(STATIC_FEATURES))``: the columns fixed when the token arrives (``h`` and the
+    flags), in :data:`STATIC_FEATURES` order."""
+    return torch.cat([hidden.float(), flags.float()], dim=-1)
 
 
 def head_norms(states: torch.Tensor) -> torch.Tensor:

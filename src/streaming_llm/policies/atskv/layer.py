@@ -2,8 +2,11 @@
 predictor and keep ``M = 1[r > τ]`` (:mod:`.controller`), never more than ``cache_size`` slots.
 
 Per slot and KV head the layer keeps what the features need across steps (:mod:`.features`):
-accumulated and recent attention, the projected hidden state and the token-type flags;
-last-query attention, norms, age and position are read afresh each step. The ``start_size``
+accumulated and recent attention, and the predictor's share of the logit from the features fixed
+when the token arrived (the projected hidden state and the token-type flags: one float instead of
+their 12, which at equal bytes leaves room for more slots); last-query attention, norms, age and
+position are read afresh each step. While a ``recorder`` is set (train-relevance's bounded runs)
+the layer keeps those 12 features themselves, since the recorder needs every column. The ``start_size``
 first tokens (attention sinks) and the ``recent_size`` newest slots are never evicted; the
 others are the candidates.
 
@@ -22,7 +25,8 @@ import torch
 from ..base import LayerPolicy, SlotView
 from ..scored import per_kv_head
 from .controller import ThresholdController
-from .features import HIDDEN_DIMS, TOKEN_FLAGS, feature_matrix, head_norms, recent_update
+from .features import HIDDEN_DIMS, STATIC_FEATURES, TOKEN_FLAGS, dynamic_features, head_norms, recent_update, \
+    static_features
 from .predictor import RelevancePredictor
 
 
@@ -46,8 +50,8 @@ class RelevanceEviction(LayerPolicy):
         self.layer_index = 0
         self.accumulated: torch.Tensor | None = None  # (H_kv, n) aligned with the stored slots
         self.recent: torch.Tensor | None = None  # (H_kv, n)
-        self.hidden: torch.Tensor | None = None  # (H_kv, n, HIDDEN_DIMS)
-        self.flags: torch.Tensor | None = None  # (H_kv, n, 4) uint8
+        #: (H_kv, n) static logits, or (H_kv, n, len(STATIC_FEATURES)) the features while recording
+        self.static: torch.Tensor | None = None
         #: called with (layer, step, positions (H, c), features (H, c, F)) of the scored slots
         #: (train-relevance's bounded runs)
         self.recorder = None
@@ -63,8 +67,7 @@ class RelevanceEviction(LayerPolicy):
     def state_bytes(self) -> int:
         if self.accumulated is None:
             return 0
-        floats = self.accumulated.numel() + self.recent.numel() + self.hidden.numel()
-        return 4 * floats + self.flags.numel()
+        return 4 * (self.accumulated.numel() + self.recent.numel() + self.static.numel())
 
     def stats(self) -> dict[str, float]:
         return {"atskv_evicted_by_threshold": self.evicted_by_threshold,
@@ -85,6 +88,15 @@ class RelevanceEviction(LayerPolicy):
             return torch.zeros(q, len(TOKEN_FLAGS), dtype=torch.uint8)
         return table[ids.clamp(0, table.shape[0] - 1)]
 
+    def _predictor(self) -> RelevancePredictor:
+        return self.predictor or RelevancePredictor.prior(self.layer_index + 1)
+
+    def _new_static(self, q: int, pad: int, device: torch.device) -> torch.Tensor:
+        """The static features ``(pad, S)`` (recording) or logits ``(pad,)`` of the last ``pad`` of
+        this step's ``q`` tokens."""
+        static = static_features(self._new_hidden(q, device)[q - pad:], self._new_flags(q)[q - pad:].to(device))
+        return static if self.recorder is not None else self._predictor().static_logits(self.layer_index, static)
+
     def _grow(self, probs: torch.Tensor, view: SlotView) -> torch.Tensor:
         """Fold this step's ``probs`` ``(H_kv, q, n)`` into the per-slot state; returns the last
         query's attention ``(H_kv, n)``."""
@@ -92,15 +104,14 @@ class RelevanceEviction(LayerPolicy):
         if self.accumulated is None:
             self.accumulated = probs.new_zeros(heads, 0)
             self.recent = probs.new_zeros(heads, 0)
-            self.hidden = probs.new_zeros(heads, 0, HIDDEN_DIMS)
-            self.flags = torch.zeros(heads, 0, len(TOKEN_FLAGS), dtype=torch.uint8)
+            recording = self.recorder is not None
+            self.static = probs.new_zeros(heads, 0, *((len(STATIC_FEATURES),) if recording else ()))
         pad = n - self.accumulated.shape[1]
         zeros = probs.new_zeros(heads, pad)
         self.accumulated = torch.cat([self.accumulated, zeros], dim=1) + probs.sum(dim=1)
         self.recent = recent_update(torch.cat([self.recent, zeros], dim=1), probs)
-        new_hidden = self._new_hidden(q, probs.device)[q - pad:]
-        self.hidden = torch.cat([self.hidden, new_hidden.expand(heads, -1, -1)], dim=1)
-        self.flags = torch.cat([self.flags, self._new_flags(q)[q - pad:].expand(heads, -1, -1)], dim=1)
+        new_static = self._new_static(q, pad, probs.device)
+        self.static = torch.cat([self.static, new_static.expand(heads, *new_static.shape)], dim=1)
         return probs[:, -1, :]
 
     # -- selection -------------------------------------------------------------------------
@@ -115,14 +126,16 @@ class RelevanceEviction(LayerPolicy):
         """``r`` ``(H_kv, c)`` of the slots ``index`` ``(c,)``."""
         at = index.to(last.device)
         positions = view.positions[:, index]
-        features = feature_matrix(
-            self.hidden[:, at], self.accumulated[:, at], self.recent[:, at], last[:, at],
-            (view.seen_tokens - 1 - positions).to(last.device), at, view.num_slots,
-            head_norms(view.keys[..., at, :]), head_norms(view.values[..., at, :]), self.flags[:, index].to(last.device))
-        if self.recorder is not None:
-            self.recorder(self.layer_index, view.seen_tokens - 1, positions, features)
-        predictor = self.predictor or RelevancePredictor.prior(self.layer_index + 1)
-        return predictor.relevance(self.layer_index, features)
+        dynamic = dynamic_features(
+            self.accumulated[:, at], self.recent[:, at], last[:, at], (view.seen_tokens - 1 - positions).to(last.device),
+            at, view.num_slots, head_norms(view.keys[..., at, :]), head_norms(view.values[..., at, :]))
+        static = self.static[:, at]
+        if self.static.dim() == 2:
+            return self._predictor().relevance_folded(self.layer_index, dynamic, static)
+        # recording: the whole row, in FEATURE_NAMES order (h, the dynamic columns, the flags)
+        features = torch.cat([static[..., :HIDDEN_DIMS], dynamic, static[..., HIDDEN_DIMS:]], dim=-1)
+        self.recorder(self.layer_index, view.seen_tokens - 1, positions, features)
+        return self._predictor().relevance(self.layer_index, features)
 
     def observe(self, probs: torch.Tensor, view: SlotView) -> torch.Tensor | None:
         num_kv_heads = view.positions.shape[0]
@@ -146,5 +159,5 @@ class RelevanceEviction(LayerPolicy):
         kept = torch.arange(n)[fixed].expand(num_kv_heads, -1)
         keep = torch.cat([kept, chosen], dim=-1).sort(dim=-1).values  # (H, n - evict)
         self.accumulated, self.recent = _gather(self.accumulated, keep), _gather(self.recent, keep)
-        self.hidden, self.flags = _gather(self.hidden, keep), _gather(self.flags, keep)
+        self.static = _gather(self.static, keep)
         return keep

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ...runs.atomic import write_atomic
-from .features import FEATURE_NAMES, NUM_FEATURES, TOKEN_FLAGS
+from .features import DYNAMIC_FEATURES, FEATURE_NAMES, NUM_FEATURES, STATIC_FEATURES, TOKEN_FLAGS
 
 log = logging.getLogger("streaming_llm.atskv")
 
@@ -53,6 +53,10 @@ def unpack_flags(packed: torch.Tensor) -> torch.Tensor:
     return ((packed.to(torch.int64)[:, None] & bits) > 0).to(torch.uint8)
 
 
+_STATIC_COLUMNS = torch.tensor([FEATURE_NAMES.index(name) for name in STATIC_FEATURES])
+_DYNAMIC_COLUMNS = torch.tensor([FEATURE_NAMES.index(name) for name in DYNAMIC_FEATURES])
+
+
 @dataclass
 class RelevancePredictor:
     """Per-layer logistic regressions. Shapes: ``weight``/``mean``/``std`` ``(L, F)``, ``bias``
@@ -78,6 +82,20 @@ class RelevancePredictor:
     def relevance(self, layer: int, features: torch.Tensor) -> torch.Tensor:
         """``r = σ(wᵀx + b)`` ``(n,)``."""
         return torch.sigmoid(self.logits(layer, features))
+
+    def _part(self, layer: int, features: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        x = (features - self.mean[layer, columns]) / self.std[layer, columns]
+        return x @ self.weight[layer, columns]
+
+    def static_logits(self, layer: int, static: torch.Tensor) -> torch.Tensor:
+        """The share of ``wᵀx`` of the :data:`STATIC_FEATURES` columns ``static`` ``(..., S)``:
+        fixed while the token is cached, so the policy keeps this one number per slot instead of them."""
+        return self._part(layer, static, _STATIC_COLUMNS)
+
+    def relevance_folded(self, layer: int, dynamic: torch.Tensor, static_logits: torch.Tensor) -> torch.Tensor:
+        """``r`` from the :data:`DYNAMIC_FEATURES` columns ``dynamic`` ``(..., D)`` and the slots'
+        :meth:`static_logits`: the same value as :meth:`relevance` of the whole feature row."""
+        return torch.sigmoid(self._part(layer, dynamic, _DYNAMIC_COLUMNS) + static_logits + self.bias[layer])
 
     @classmethod
     def prior(cls, num_layers: int) -> "RelevancePredictor":
