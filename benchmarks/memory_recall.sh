@@ -47,6 +47,7 @@ short_lane() {  # 4k and 8k
   for book in $BOOKS; do cells passkey 4096 0.5 "$book" h2o+memory adms+memory:enable_dynamic_sink=false; done
   for book in $BOOKS; do cells passkey 4096 0.5 "$book" atskv atskv+memory; done  # issue 17: atskv with and without memory
   for book in $BOOKS; do cells passkey 8192 0.5 "$book" streaming+memory full "$STREAMING"; done
+  for book in $BOOKS; do cells needle 8192 0.5 "$book" streaming+memory; done
 }
 
 long_lane() {  # past the trained positions (the full cache is not run: see above)
@@ -58,8 +59,14 @@ long_lane() {  # past the trained positions (the full cache is not run: see abov
   cells passkey 65536 0.5 pioneer-days streaming+memory
 }
 
-# LANES picks lanes (default both); each resumes from its records.
-for lane in ${LANES:-ppl short long}; do
+placement_lane() {  # InfLLM's one distance for every recalled token against the blocks' own order
+  local book
+  for book in $BOOKS; do cells passkey 4096 0.5 "$book" streaming+memory:memory_placement=ordered; done
+  for book in $BOOKS; do cells needle 4096 0.5 "$book" streaming+memory:memory_placement=ordered; done
+}
+
+# LANES picks lanes (default all); each resumes from its records.
+for lane in ${LANES:-ppl short long placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait
