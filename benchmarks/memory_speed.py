@@ -28,6 +28,7 @@ import torch
 from streaming_llm import cache_from_config, make_policy_config
 from streaming_llm.compat import cache_kwargs
 from streaming_llm.data import tokenize_stream
+from streaming_llm.evaluation.runs import RunSpec
 from streaming_llm.evaluation.memory import peak_rss_bytes, reset_peak_memory
 from streaming_llm.models import load_model
 from streaming_llm.runs.atomic import write_atomic
@@ -95,7 +96,8 @@ def main() -> None:
     parser.add_argument("--lengths", nargs="+", type=int, default=[4096, 16384])
     parser.add_argument("--decode", type=int, default=32, help="tokens decoded one per forward after the prefill")
     parser.add_argument("--chunk-size", type=int, default=256)
-    parser.add_argument("--memory", default="", help="memory parameters, e.g. memory_recall_interval=4")
+    parser.add_argument("--memory-policy", default="streaming+memory",
+                        help="the memory policy as a --policy spec, e.g. streaming+memory:memory_recall_interval=4")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output-dir", default="outputs/memory_speed")
     args = parser.parse_args()
@@ -104,8 +106,7 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     reference = make_policy_config("streaming", **REFERENCE)
     budget = cache_bytes_of(reference, model)
-    params = dict(item.split("=", 1) for item in args.memory.split(",") if item)
-    memory = size_to_bytes(make_policy_config("streaming+memory", **{k: int(v) for k, v in params.items()}), model, budget)
+    memory = size_to_bytes(RunSpec.parse(args.memory_policy).config(), model, budget)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = out / "memory_speed.json"

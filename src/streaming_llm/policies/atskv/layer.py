@@ -46,6 +46,7 @@ class RelevanceEviction(LayerPolicy):
         self.recent_size = recent_size
         self.controller = ThresholdController(cache_size, beta, q_gain)
         self.predictor: RelevancePredictor | None = None  # bound by ATSKVCache.attach
+        self._prior: RelevancePredictor | None = None
         self.tap = None
         self.layer_index = 0
         self.accumulated: torch.Tensor | None = None  # (H_kv, n) aligned with the stored slots
@@ -89,13 +90,21 @@ class RelevanceEviction(LayerPolicy):
         return table[ids.clamp(0, table.shape[0] - 1)]
 
     def _predictor(self) -> RelevancePredictor:
-        return self.predictor or RelevancePredictor.prior(self.layer_index + 1)
+        if self.predictor is not None:
+            return self.predictor
+        if self._prior is None:  # unbound (a bare layer policy): the prior, built once, not per step
+            self._prior = RelevancePredictor.prior(self.layer_index + 1)
+        return self._prior
+
+    def _recording(self) -> bool:
+        """Whether :attr:`static` holds the static features themselves (decided at the first step)."""
+        return self.static.dim() == 3
 
     def _new_static(self, q: int, pad: int, device: torch.device) -> torch.Tensor:
         """The static features ``(pad, S)`` (recording) or logits ``(pad,)`` of the last ``pad`` of
         this step's ``q`` tokens."""
         static = static_features(self._new_hidden(q, device)[q - pad:], self._new_flags(q)[q - pad:].to(device))
-        return static if self.recorder is not None else self._predictor().static_logits(self.layer_index, static)
+        return static if self._recording() else self._predictor().static_logits(self.layer_index, static)
 
     def _grow(self, probs: torch.Tensor, view: SlotView) -> torch.Tensor:
         """Fold this step's ``probs`` ``(H_kv, q, n)`` into the per-slot state; returns the last
@@ -105,7 +114,7 @@ class RelevanceEviction(LayerPolicy):
             self.accumulated = probs.new_zeros(heads, 0)
             self.recent = probs.new_zeros(heads, 0)
             recording = self.recorder is not None
-            self.static = probs.new_zeros(heads, 0, *((len(STATIC_FEATURES),) if recording else ()))
+            self.static = probs.new_zeros(heads, 0, *((len(STATIC_FEATURES),) if recording else ()))  # fixes _recording
         pad = n - self.accumulated.shape[1]
         zeros = probs.new_zeros(heads, pad)
         self.accumulated = torch.cat([self.accumulated, zeros], dim=1) + probs.sum(dim=1)
@@ -130,7 +139,7 @@ class RelevanceEviction(LayerPolicy):
             self.accumulated[:, at], self.recent[:, at], last[:, at], (view.seen_tokens - 1 - positions).to(last.device),
             at, view.num_slots, head_norms(view.keys[..., at, :]), head_norms(view.values[..., at, :]))
         static = self.static[:, at]
-        if self.static.dim() == 2:
+        if not self._recording():
             return self._predictor().relevance_folded(self.layer_index, dynamic, static)
         # recording: the whole row, in FEATURE_NAMES order (h, the dynamic columns, the flags)
         features = torch.cat([static[..., :HIDDEN_DIMS], dynamic, static[..., HIDDEN_DIMS:]], dim=-1)
