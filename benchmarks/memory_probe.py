@@ -1,57 +1,118 @@
-"""Probe (issue 16): which memory summaries let SmolLM2 answer a passkey whose needle was evicted.
+"""Probe (issue 16): which memory settings let SmolLM2 answer a passkey or needle whose sentence was evicted.
 
-For each haystack and depth (one passkey prompt each, seed 0), streaming 4+252 plus 4 recalled
-blocks of 64 tokens with each memory variant; prints whether the answer holds the passkey. Used to
-pick the default summary on a text that no report uses (WikiText-2), before the shipped books:
+For each haystack and depth (one prompt each, seed 0), streaming 4+252 plus recalled blocks with
+each memory variant; prints whether the answer holds the value and, with ``--trace``, which layers
+recalled a block holding the needle at the prompt's last forward (the forward whose logits give the
+first answer token). Used to choose memory defaults on a text that no report uses (WikiText-2),
+before the shipped books:
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/memory_probe.py 4096 \\
         /work/shared/data/wikitext-2-raw/wiki.test.raw summary=representative summary=minmax \\
         summary=quantized,summary_bits=2 summary=quantized,summary_bits=4 summary=quantized,summary_bits=8
+    # the needle task, traced
+    ... benchmarks/memory_probe.py 4096 /work/shared/data/wikitext-2-raw/wiki.test.raw --task needle --trace \\
+        summary=quantized block_size=32,recall_blocks=8
 
 Arguments: LENGTH HAYSTACK[,HAYSTACK...] VARIANT... where a VARIANT is ``KEY=VALUE,...`` of
-:class:`streaming_llm.memory.MemoryConfig` (block_size 64 and recall_blocks 4 unless given).
+:class:`streaming_llm.memory.MemoryConfig` (block_size 64 and recall_blocks 4 unless given; the
+policy is streaming 4+252 unless ``recent_size=`` is given).
 """
 
-import sys
+import argparse
 import time
 
 import torch
 
 from streaming_llm.api import cache_from_config
+from streaming_llm.compat import cache_kwargs
 from streaming_llm.data import load_text
 from streaming_llm.evaluation.runs import RunSpec
 from streaming_llm.models import load_model
 from streaming_llm.tasks.prompting import PromptFormat
-from streaming_llm.tasks.runner import DecodeConfig, greedy_generate, stop_token_ids
+from streaming_llm.tasks.runner import stop_token_ids
 from streaming_llm.tasks.synthetic import SyntheticTaskConfig, build_sample
+
+POLICY_KEYS = ("recent_size", "start_size")
 
 
 def variant_config(text: str):
-    """``KEY=VALUE,...`` memory parameters -> the streaming 4+252 + memory config."""
+    """``KEY=VALUE,...`` memory (and streaming) parameters -> the streaming + memory config."""
     memory = {"block_size": "64", "recall_blocks": "4"}
-    memory.update(item.split("=", 1) for item in filter(None, text.split(",")))
-    params = ",".join(f"memory_{key}={value}" for key, value in memory.items())
-    return RunSpec.parse(f"streaming+memory:start_size=4,recent_size=252,{params}").config()
+    policy = {"start_size": "4", "recent_size": "252"}
+    for key, value in (item.split("=", 1) for item in filter(None, text.split(","))):
+        (policy if key in POLICY_KEYS else memory)[key] = value
+    params = ",".join([f"{k}={v}" for k, v in policy.items()] + [f"memory_{k}={v}" for k, v in memory.items()])
+    return RunSpec.parse(f"streaming+memory:{params}").config()
+
+
+def needle_layers(cache, first: int, last: int) -> str:
+    """Per layer, how many KV heads' current selection holds a block with a position in
+    ``[first, last)``, as a string of digits (one per layer; '.' = no selection yet)."""
+    marks = []
+    for layer in cache.layers:
+        memory = layer.memory
+        if memory is None or memory._selection is None:
+            marks.append(".")
+            continue
+        hits = 0
+        for head, row in enumerate(memory._selection.tolist()):
+            hits += any(((memory.store.positions[i][head] >= first) & (memory.store.positions[i][head] < last)).any()
+                        for i in row)
+        marks.append(str(hits))
+    return "".join(marks)
+
+
+def answer(model, cache, prompt_ids, chunk_size: int, new_tokens: int, stop, trace_span):
+    """Greedy answer with ``cache``; the needle trace after the prompt's last forward (or '')."""
+    cache_arg = cache_kwargs(model, cache)
+    ids = torch.tensor([prompt_ids])
+    for begin in range(0, ids.shape[1], chunk_size):
+        logits = model(input_ids=ids[:, begin : begin + chunk_size], **cache_arg, use_cache=True, logits_to_keep=1).logits
+    trace = needle_layers(cache, *trace_span) if trace_span else ""
+    tokens = []
+    for _ in range(new_tokens):
+        token = int(logits[0, -1].argmax())
+        if token in stop:
+            break
+        tokens.append(token)
+        logits = model(input_ids=torch.tensor([[token]]), **cache_arg, use_cache=True, logits_to_keep=1).logits
+    return tokens, trace
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("length", type=int)
+    parser.add_argument("haystacks")
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--task", choices=("passkey", "needle"), default="passkey")
+    parser.add_argument("--depths", type=float, nargs="+", default=(0.25, 0.5, 0.75))
+    parser.add_argument("--samples", type=int, default=1, help="prompts per depth (seeds of the sample index)")
+    parser.add_argument("--trace", action="store_true", help="print, per layer, the KV heads that recalled the needle")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    length, haystacks, variants = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
     model, tokenizer = load_model("smollm2-135m")
-    for haystack in haystacks:
+    stop = set(stop_token_ids(tokenizer))
+    tally = {variant: 0 for variant in args.variants}
+    for haystack in args.haystacks.split(","):
         ids = tokenizer(load_text(haystack), add_special_tokens=False)["input_ids"]
-        for depth in (0.25, 0.5, 0.75):
-            sample = build_sample(SyntheticTaskConfig(task="passkey", haystack=haystack), tokenizer, ids, length=length,
-                                  depth=depth, sample=0, seed=0, prompt_format=PromptFormat(tokenizer))
-            for variant in variants:
-                start = time.time()
-                cache = cache_from_config(model, variant_config(variant))
-                out = greedy_generate(model, cache, sample.prompt_ids, DecodeConfig(256, 8), stop_token_ids(tokenizer))
-                cache.disable()
-                answer = tokenizer.decode(out.tokens)
-                verdict = "OK" if sample.answers[0] in answer else "--"
-                print(f"{haystack.rsplit('/', 1)[-1]} depth={depth} {variant}: {verdict} {answer[:30]!r} "
-                      f"({time.time() - start:.0f}s)", flush=True)
+        for depth in args.depths:
+            for index in range(args.samples):
+                sample = build_sample(SyntheticTaskConfig(task=args.task, haystack=haystack), tokenizer, ids,
+                                      length=args.length, depth=depth, sample=index, seed=0,
+                                      prompt_format=PromptFormat(tokenizer))
+                start = sample.needle_prompt_start
+                span = (start, start + len(sample.needle.ids)) if args.trace else None
+                for variant in args.variants:
+                    began = time.time()
+                    with cache_from_config(model, variant_config(variant)) as cache:
+                        tokens, trace = answer(model, cache, sample.prompt_ids, 256, 8, stop, span)
+                    text = tokenizer.decode(tokens)
+                    right = sample.answers[0] in text
+                    tally[variant] += right
+                    print(f"{haystack.rsplit('/', 1)[-1]} depth={depth} sample={index} {variant}: "
+                          f"{'OK' if right else '--'} {text[:30]!r} {trace} ({time.time() - began:.0f}s)", flush=True)
+    for variant, right in tally.items():
+        print(f"{variant}: {right} right", flush=True)
 
 
 if __name__ == "__main__":

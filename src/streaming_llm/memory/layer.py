@@ -154,14 +154,15 @@ class LayerMemory:
             return
         if rewrite:
             self._mark_offloaded(rows, layer.seen_tokens)
-        keys, values, positions = [], [], []
-        for k, v, p in rows:
-            # undo RoPE: rotate each key back by its own position, so it can be placed anywhere later
-            keys.append(self.strategy.shift_keys(k[None, None], -p)[0, 0].cpu())
-            values.append(v.cpu())
-            positions.append(p)
-            self.counters["offloaded_slots"] += int(p.numel())
-        self.store.add(keys, values, positions)
+        # undo RoPE: rotate each key back by its own position, so it can be placed anywhere later
+        positions = [p for _, _, p in rows]
+        if len({int(p.numel()) for p in positions}) == 1:  # every head evicts as many (the usual case): one rotation
+            free = self.strategy.shift_keys(torch.stack([k for k, _, _ in rows])[None], -torch.stack(positions))[0]
+            keys = list(free.cpu().unbind(0))
+        else:
+            keys = [self.strategy.shift_keys(k[None, None], -p)[0, 0].cpu() for k, _, p in rows]
+        self.counters["offloaded_slots"] += sum(int(p.numel()) for p in positions)
+        self.store.add(keys, [v.cpu() for _, v, _ in rows], positions)
         self._seal_full_blocks(layer)
 
     def _mark_offloaded(self, rows, seen_tokens: int) -> None:
@@ -205,8 +206,9 @@ class LayerMemory:
             self.counters[name] += value
         keys, values, original = self.lru.gather()
         order, target = recall_positions(config.placement, original, first)
-        device_order = order.to(keys.device)[..., None].expand(-1, -1, keys.shape[-1])
-        keys, values = keys.gather(1, device_order), values.gather(1, device_order)
+        if order is not None:
+            device_order = order.to(keys.device)[..., None].expand(-1, -1, keys.shape[-1])
+            keys, values = keys.gather(1, device_order), values.gather(1, device_order)
         placed = self.strategy.shift_keys(keys[None], target)
         return placed, values[None]
 
@@ -216,8 +218,10 @@ class LayerMemory:
         return queries[0].reshape(self.kv_heads, (heads // self.kv_heads) * length, dim)
 
     def _update_query_hint(self, queries: torch.Tensor, seen_tokens: int) -> None:
-        if self.kv_heads is None:
-            return  # nothing offloaded yet: the KV head count is not known and no block needs a hint
+        if self.kv_heads is None or not self.summarizer.uses_query_hint:
+            # nothing offloaded yet (the KV head count is not known and no block needs a hint), or a
+            # summary that never reads it: un-rotating the queries cost a RoPE pass every forward
+            return
         length = queries.shape[-2]
         free = self.strategy.shift_keys(queries, -torch.arange(seen_tokens - length, seen_tokens))
         self.query_hint = self._grouped(free).float().mean(dim=1)

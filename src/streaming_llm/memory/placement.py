@@ -17,14 +17,14 @@ from __future__ import annotations
 import torch
 
 
-def recall_positions(placement: str, original: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+def recall_positions(placement: str, original: torch.Tensor, first: int) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(order, target)`` for recalled tokens of original positions ``original`` ``(H_kv, R)``:
-    the per-head permutation ``(H_kv, R)`` to apply to them and the position ``(H_kv, R)`` each
-    token (after the permutation) is presented at."""
+    the per-head permutation ``(H_kv, R)`` to apply to them (``None``: keep the order) and the
+    position each token (after the permutation) is presented at, ``(H_kv, R)`` or ``(1,)`` for one
+    position shared by all (a shift of every key by one angle: one cos/sin row, not ``H_kv * R``)."""
     heads, count = original.shape
     if placement == "beyond_window":
-        order = torch.arange(count).expand(heads, count)
-        return order, torch.full((heads, count), first - 1, dtype=torch.long)
+        return None, torch.tensor([first - 1], dtype=torch.long)
     if placement == "ordered":
         order = original.argsort(dim=-1, stable=True)
         return order, torch.arange(first - count, first).expand(heads, count)

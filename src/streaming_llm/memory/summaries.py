@@ -43,6 +43,8 @@ class RepresentativeKeys:
     (the mean position-free query of the layer's last forward, per KV head), InfLLM's "most
     attended" tokens measured with the queries at hand when the block is sealed."""
 
+    uses_query_hint = True
+
     def __init__(self, representatives: int):
         self.representatives = representatives
 
@@ -70,6 +72,8 @@ def best_key_mass(keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
 class MinMaxBounds:
     """Summary ``(H_kv, 2, D)``: per-dimension min (row 0) and max (row 1) of the block's keys."""
 
+    uses_query_hint = False
+
     def summarize(self, keys: torch.Tensor, query_hint: torch.Tensor | None) -> tuple[torch.Tensor]:
         return (torch.stack([keys.amin(dim=1), keys.amax(dim=1)], dim=1),)
 
@@ -86,6 +90,8 @@ class QuantizedKeys:
     """Summary ``(codes, scales)``: every key ``(H_kv, bs, D)`` quantised to ``bits`` bits, symmetric
     per (head, token): ``codes`` ``(H_kv, bs, D * bits / 8)`` uint8 (``8 // bits`` codes per byte,
     offset by ``2 ** (bits - 1)``), ``scales`` ``(H_kv, bs)`` fp16."""
+
+    uses_query_hint = False
 
     def __init__(self, bits: int):
         if bits not in SUMMARY_BITS:
