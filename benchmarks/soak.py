@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import time
@@ -120,10 +121,19 @@ def run_one(args: argparse.Namespace, name: str, key: str, progress_path: Path) 
     cache.disable()
     record = {"policy": name, "params": config.to_dict(), "model": args.model, "dtype": args.dtype,
               "chunk_size": args.chunk_size, "tokens": args.tokens, "warmup_tokens": args.warmup,
-              "threads": args.threads, "seconds": round(time.perf_counter() - start, 1), "samples": samples,
+              "threads": args.threads, "allocator": allocator_settings(),
+              "seconds": round(time.perf_counter() - start, 1), "samples": samples,
               **judge(samples, args.warmup, args.rss_tolerance)}
     record["passed"] = bool(record["finite"] and record.get("cache_constant") and record.get("rss_ok"))
     return record
+
+
+def allocator_settings() -> str:
+    """The glibc malloc tunables of this process (``MALLOC_*`` variables), or ``"default"``. They
+    change the RSS check: with the default dynamic mmap threshold, glibc keeps freed blocks of the
+    score tensors whose shapes vary from step to step, and RSS swings by 10% without a trend."""
+    tunables = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
+    return " ".join(tunables) or "default"
 
 
 def partial_record(progress: Path, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -132,7 +142,7 @@ def partial_record(progress: Path, args: argparse.Namespace) -> dict[str, Any] |
         return None
     state = json.loads(progress.read_text())
     samples = state["samples"]
-    record = {"policy": state["policy"], "samples": samples, "seconds": samples[-1]["seconds"],
+    record = {"policy": state["policy"], "samples": samples, "seconds": samples[-1]["seconds"], "allocator": "?",
               **judge(samples, args.warmup, args.rss_tolerance)}
     record["passed"] = f"unfinished ({state['tokens_reached']} of {args.tokens} tokens)"
     return record
@@ -144,13 +154,13 @@ def definition(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
 
 def summary_table(records: list[dict[str, Any]]) -> str:
-    lines = ["| policy | tokens | cache bytes after warm-up (min..max) | constant | RSS at warm-up MiB | RSS growth | finite | s | passed |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| policy | tokens | cache bytes after warm-up (min..max) | constant | RSS at warm-up MiB | RSS growth | "
+             "finite | allocator | s | passed |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lo, hi = r.get("cache_bytes_after_warmup", [None, None])
         lines.append(f"| {r['policy']} | {r['samples'][-1]['tokens']} | {lo}..{hi} | {r.get('cache_constant')} | "
                      f"{r.get('rss_at_warmup_bytes', 0) / 2**20:.0f} | {100 * r.get('rss_growth', float('nan')):+.2f}% | "
-                     f"{r['finite']} | {r['seconds']} | {r['passed']} |")
+                     f"{r['finite']} | {r.get('allocator', 'default')} | {r['seconds']} | {r['passed']} |")
     return "\n".join(lines) + "\n"
 
 

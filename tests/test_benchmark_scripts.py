@@ -52,13 +52,14 @@ def test_soak_runs_each_policy_in_a_child_and_resumes(tiny_model_dir, tmp_path):
     command = [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--model", str(tiny_model_dir),
                "--policies", "tova", "--tokens", "400", "--warmup", "100", "--sample-every", "50",
                "--chunk-size", "25", "--slots", "32", "--output-dir", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     records = {r["policy"]: r for r in map(lambda p: json.loads(p.read_text()), (out / "runs").glob("*.json"))}
     assert sorted(records) == ["tova"], first.stderr[-2000:]
     for record in records.values():
         assert record["samples"][-1]["tokens"] == 400 and record["finite"] and record["cache_constant"]
         assert record["cache_bytes_after_warmup"][0] > 0
+        assert "MALLOC_MMAP_THRESHOLD_=131072" in record["allocator"]  # the RSS check depends on it: recorded
     assert "| tova | 400 |" in (out / "soak.md").read_text()
     assert first.returncode == (0 if all(r["passed"] for r in records.values()) else 1)
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
