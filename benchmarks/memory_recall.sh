@@ -48,6 +48,13 @@ short_lane() {  # 4k and 8k
   for book in $BOOKS; do cells passkey 4096 0.5 "$book" atskv atskv+memory; done  # issue 17: atskv with and without memory
   for book in $BOOKS; do cells passkey 8192 0.5 "$book" streaming+memory full "$STREAMING"; done
   for book in $BOOKS; do cells needle 8192 0.5 "$book" streaming+memory; done
+  for book in $BOOKS; do cells needle 4096 0.5 "$book" atskv+memory; done  # issue 17
+  for book in $BOOKS; do cells passkey 8192 0.5 "$book" atskv+memory; done
+}
+
+depths_lane() {  # the needle at more depths (a second cell per book and policy beside depth 0.5)
+  local book
+  for book in $BOOKS; do cells needle 4096 "0.25 0.75" "$book" streaming+memory full atskv+memory; done
 }
 
 long_lane() {  # past the trained positions (the full cache is not run: see above)
@@ -66,7 +73,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl short long placement}; do
+for lane in ${LANES:-ppl short depths long placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait
