@@ -160,7 +160,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
         lo, hi = r.get("cache_bytes_after_warmup", [None, None])
         lines.append(f"| {r['policy']} | {r['samples'][-1]['tokens']} | {lo}..{hi} | {r.get('cache_constant')} | "
                      f"{r.get('rss_at_warmup_bytes', 0) / 2**20:.0f} | {100 * r.get('rss_growth', float('nan')):+.2f}% | "
-                     f"{r['finite']} | {r.get('allocator', 'default')} | {r['seconds']} | {r['passed']} |")
+                     f"{r['finite']} | {r.get('allocator', 'not recorded')} | {r['seconds']} | {r['passed']} |")
     return "\n".join(lines) + "\n"
 
 
