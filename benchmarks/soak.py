@@ -130,8 +130,8 @@ def run_one(args: argparse.Namespace, name: str, key: str, progress_path: Path) 
 
 def allocator_settings() -> str:
     """The glibc malloc tunables of this process (``MALLOC_*`` variables), or ``"default"``. They
-    change the RSS check: with the default dynamic mmap threshold, glibc keeps freed blocks of the
-    score tensors whose shapes vary from step to step, and RSS swings by 10% without a trend."""
+    change the RSS check: with glibc's dynamic mmap threshold, tova's and snapkv's RSS swung by up
+    to 10% without a trend; with ``MALLOC_MMAP_THRESHOLD_=131072`` it stayed flat (docs/reliability.md)."""
     tunables = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
     return " ".join(tunables) or "default"
 
@@ -142,7 +142,7 @@ def partial_record(progress: Path, args: argparse.Namespace) -> dict[str, Any] |
         return None
     state = json.loads(progress.read_text())
     samples = state["samples"]
-    record = {"policy": state["policy"], "samples": samples, "seconds": samples[-1]["seconds"], "allocator": "?",
+    record = {"policy": state["policy"], "samples": samples, "seconds": samples[-1]["seconds"],
               **judge(samples, args.warmup, args.rss_tolerance)}
     record["passed"] = f"unfinished ({state['tokens_reached']} of {args.tokens} tokens)"
     return record

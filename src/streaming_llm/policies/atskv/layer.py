@@ -114,7 +114,7 @@ class RelevanceEviction(LayerPolicy):
             self.accumulated = probs.new_zeros(heads, 0)
             self.recent = probs.new_zeros(heads, 0)
             recording = self.recorder is not None
-            self.static = probs.new_zeros(heads, 0, *((len(STATIC_FEATURES),) if recording else ()))  # fixes _recording
+            self.static = probs.new_zeros(heads, 0, *((len(STATIC_FEATURES),) if recording else ()))  # its shape is what _recording() reads
         pad = n - self.accumulated.shape[1]
         zeros = probs.new_zeros(heads, pad)
         self.accumulated = torch.cat([self.accumulated, zeros], dim=1) + probs.sum(dim=1)
