@@ -50,14 +50,11 @@ def needle_layers(cache, first: int, last: int) -> str:
     ``[first, last)``, as a string of digits (one per layer; '.' = no selection yet)."""
     marks = []
     for layer in cache.layers:
-        memory = layer.memory
-        if memory is None or memory._selection is None:
+        selected = None if layer.memory is None else layer.memory.selected_positions()
+        if selected is None:
             marks.append(".")
             continue
-        hits = 0
-        for head, row in enumerate(memory._selection.tolist()):
-            hits += any(((memory.store.positions[i][head] >= first) & (memory.store.positions[i][head] < last)).any()
-                        for i in row)
+        hits = sum(any(bool(((block >= first) & (block < last)).any()) for block in head) for head in selected)
         marks.append(str(hits))
     return "".join(marks)
 

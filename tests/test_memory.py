@@ -118,8 +118,12 @@ def test_a_planted_key_makes_the_store_recall_its_block(summary):
     free_query = direction.repeat_interleave(2, dim=0)[None, :, None, :]  # (1, H_q, 1, D)
     query = ROPE.shift_keys(free_query, torch.tensor([layer.seen_tokens - 1 - (first - 1)]))
     query = ROPE.shift_keys(query, torch.tensor([first - 1]))
+    assert layer.memory.selected_positions() is None  # nothing selected before the first recall
     layer.recall(query, active_slots=5)
     assert layer.memory.lru.gather()[2].eq(planted).any(dim=-1).all()
+    # the probe's view of the selection: per KV head, one block (recall_blocks=1) holding the planted token
+    selected = layer.memory.selected_positions()
+    assert len(selected) == HEADS and all(len(head) == 1 and bool(head[0].eq(planted).any()) for head in selected)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])

@@ -17,11 +17,15 @@ from .summaries import SummaryBank, make_summary
 
 
 def evicted_rows(keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, keep,
-                 already: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
-    """Per KV head, the rows ``(E_h, D)`` of ``keys``/``values`` ``(1, H_kv, T, D)`` and their
-    positions ``(E_h,)`` that selection ``keep`` drops: the complement of the kept indices
-    (``(T',)`` or ``(H_kv, T')``), or for a :class:`SlotRewrite` the stored positions that no new
-    row carries and that ``already`` ``(H_kv, P)`` (positions offloaded before) does not mark."""
+                 already: torch.Tensor | None = None):
+    """The rows of ``keys``/``values`` ``(1, H_kv, T, D)`` and their positions that selection
+    ``keep`` drops: the complement of the kept indices (``(T',)`` or ``(H_kv, T')``), or for a
+    :class:`SlotRewrite` the stored positions that no new row carries and that ``already``
+    ``(H_kv, P)`` (positions offloaded before) does not mark. ``None`` when nothing leaves.
+
+    Returns ``(keys, values, positions)``: tensors ``(H_kv, E, D)``, ``(H_kv, E, D)``, ``(H_kv, E)``
+    when every head drops as many rows (the usual case: one gather, no per-head split), else
+    lists with one ``(E_h, D)``, ``(E_h, D)``, ``(E_h,)`` entry per head."""
     heads, total = positions.shape
     if isinstance(keep, SlotRewrite):
         leaving = torch.stack([~torch.isin(positions[h], keep.positions[h].cpu()) for h in range(heads)])
@@ -34,15 +38,20 @@ def evicted_rows(keys: torch.Tensor, values: torch.Tensor, positions: torch.Tens
         leaving = leaving.expand(heads, total)
     else:
         leaving = torch.ones(heads, total, dtype=torch.bool).scatter_(1, keep.cpu(), False)
-    if not bool(leaving.any()):
+    counts = leaving.sum(dim=1)
+    if int(counts.max()) == 0:
         return None
-    rows = []
+    if bool((counts == counts[0]).all()):
+        index = leaving.nonzero()[:, 1].view(heads, -1)  # row-major: each head's rows in order
+        device_index = index.to(keys.device)[..., None].expand(-1, -1, keys.shape[-1])
+        return keys[0].gather(1, device_index), values[0].gather(1, device_index), positions.gather(1, index)
+    per_head = []
     for head in range(heads):
         index = leaving[head].nonzero().flatten()
         device_index = index.to(keys.device)
-        rows.append((keys[0, head].index_select(0, device_index), values[0, head].index_select(0, device_index),
-                     positions[head, index]))
-    return rows
+        per_head.append((keys[0, head].index_select(0, device_index), values[0, head].index_select(0, device_index),
+                         positions[head, index]))
+    return tuple(list(column) for column in zip(*per_head))
 
 
 class DeviceLRU:
@@ -152,28 +161,31 @@ class LayerMemory:
         rows = evicted_rows(layer.keys, layer.values, layer.positions, keep, self._offloaded if rewrite else None)
         if rows is None:
             return
+        keys, values, positions = rows
         if rewrite:
-            self._mark_offloaded(rows, layer.seen_tokens)
+            self._mark_offloaded(positions, layer.seen_tokens)
         # undo RoPE: rotate each key back by its own position, so it can be placed anywhere later
-        positions = [p for _, _, p in rows]
-        if len({int(p.numel()) for p in positions}) == 1:  # every head evicts as many (the usual case): one rotation
-            free = self.strategy.shift_keys(torch.stack([k for k, _, _ in rows])[None], -torch.stack(positions))[0]
-            keys = list(free.cpu().unbind(0))
+        if isinstance(positions, torch.Tensor):  # every head evicts as many: one rotation for all
+            keys = list(self.strategy.shift_keys(keys[None], -positions)[0].cpu().unbind(0))
+            values, positions = list(values.cpu().unbind(0)), list(positions.unbind(0))
         else:
-            keys = [self.strategy.shift_keys(k[None, None], -p)[0, 0].cpu() for k, _, p in rows]
+            keys = [self.strategy.shift_keys(k[None, None], -p)[0, 0].cpu() for k, p in zip(keys, positions)]
+            values = [v.cpu() for v in values]
         self.counters["offloaded_slots"] += sum(int(p.numel()) for p in positions)
-        self.store.add(keys, [v.cpu() for _, v, _ in rows], positions)
+        self.store.add(keys, values, positions)
         self._seal_full_blocks(layer)
 
-    def _mark_offloaded(self, rows, seen_tokens: int) -> None:
-        heads = len(rows)
+    def _mark_offloaded(self, positions, seen_tokens: int) -> None:
+        """Mark ``positions`` (per KV head) as offloaded, so a rewriting policy's later drop of
+        the same token is not stored twice."""
+        heads = len(positions)
         if self._offloaded is None or self._offloaded.shape[-1] < seen_tokens:
             grown = torch.zeros(heads, max(seen_tokens, 2 * (0 if self._offloaded is None else self._offloaded.shape[-1])),
                                 dtype=torch.bool)
             if self._offloaded is not None:
                 grown[:, : self._offloaded.shape[-1]] = self._offloaded
             self._offloaded = grown
-        for head, (_, _, p) in enumerate(rows):
+        for head, p in enumerate(positions):
             self._offloaded[head, p] = True
 
     def _seal_full_blocks(self, layer) -> None:
@@ -245,6 +257,15 @@ class LayerMemory:
         self.counters["recalled_blocks"] += selection.numel()
         self._selection, self._selection_age = selection, 0
         return selection
+
+    def selected_positions(self) -> list[list[torch.Tensor]] | None:
+        """Per KV head, the original positions ``(bs,)`` of each block the current selection
+        recalls (CPU), or ``None`` before the first selection: what a probe reads to tell whether a
+        given token was recalled."""
+        if self._selection is None:
+            return None
+        return [[self.store.positions[index][head] for index in row]
+                for head, row in enumerate(self._selection.tolist())]
 
     # -- bytes and counters ---------------------------------------------------------------
     def active_bytes(self) -> int:
