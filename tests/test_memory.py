@@ -17,7 +17,7 @@ from streaming_llm.cli import main
 from streaming_llm.compat import cache_kwargs
 from streaming_llm.evaluation.runs import RunSpec
 from streaming_llm.memory import LayerMemory, MemoryConfig
-from streaming_llm.memory.summaries import QuantizedKeys, SummaryBank, best_key_mass, pack, unpack
+from streaming_llm.memory.summaries import QuantizedKeys, SummaryBank, key_mass, pack, unpack
 from streaming_llm.policies.streaming import SinksAndRecent
 from streaming_llm.positions import RotateHalfRoPE
 from streaming_llm.sizing import cache_bytes_of, size_for_comparison
@@ -140,16 +140,31 @@ def test_quantized_summary_keeps_every_key_within_half_a_step(bits):
     assert bool((error > 0).any())
 
 
+@pytest.mark.parametrize("block_score", ["max", "sum"])
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_quantized_score_equals_the_mass_of_the_dequantised_keys(bits):
+def test_quantized_score_equals_the_mass_of_the_dequantised_keys(bits, block_score):
     """The score works on the packed codes; it must rank as the dequantised keys do."""
     torch.manual_seed(7)
-    summarizer = QuantizedKeys(bits)
+    summarizer = QuantizedKeys(bits, block_score)
     blocks = [summarizer.summarize(torch.randn(HEADS, 8, DIM) * 2, None) for _ in range(5)]
     codes, scales = (torch.stack(part) for part in zip(*blocks))  # (N, H, bs, ...)
     queries = torch.randn(HEADS, 6, DIM)
-    expected = best_key_mass(summarizer.dequantize(codes, scales), queries)
+    expected = key_mass(summarizer.dequantize(codes, scales), queries, block_score)
     assert torch.allclose(summarizer.score((codes, scales), queries), expected, atol=1e-5)
+
+
+def test_summed_block_score_is_the_blocks_share_of_attention_over_every_stored_key():
+    torch.manual_seed(8)
+    keys, queries = torch.randn(5, HEADS, 8, DIM) * 2, torch.randn(HEADS, 3, DIM)  # 5 blocks of 8 keys
+    logits = torch.einsum("hqd,nhrd->hqnr", queries, keys) * DIM**-0.5
+    share = torch.softmax(logits.flatten(2), dim=-1).view(HEADS, 3, 5, 8).sum(dim=(1, 3))  # (H, N)
+    assert torch.allclose(key_mass(keys, queries, "sum"), share, atol=1e-5)
+    # the best key alone ranks differently: one block with a single strong key, one with many mild ones
+    keys = torch.zeros(2, 1, 8, DIM)
+    keys[0, 0, 0, 0], keys[1, 0, :, 0] = 3.0, 2.6
+    query = torch.zeros(1, 1, DIM)
+    query[0, 0, 0] = DIM**0.5
+    assert key_mass(keys, query, "max").argmax() == 0 and key_mass(keys, query, "sum").argmax() == 1
 
 
 def test_pack_unpack_round_trip():
@@ -260,6 +275,8 @@ def test_equal_memory_counts_the_recall_slots(model):
     ({"block_size": 0}, "memory_block_size must be an integer >= 1"),
     ({"summary": "mean"}, "memory_summary must be one of 'representative', 'minmax', 'quantized'"),
     ({"summary_bits": 3}, "memory_summary_bits must be one of 2, 4, 8"),
+    ({"block_score": "mean"}, "memory_block_score must be one of 'max', 'sum'"),
+    ({"summary": "minmax", "block_score": "sum"}, "memory_block_score='sum' needs a summary"),
     ({"placement": "anywhere"}, "memory_placement must be one of"),
     ({"store_dtype": "int4"}, "memory_store_dtype must be one of"),
     ({"lru_blocks": 1, "recall_blocks": 2}, "memory_lru_blocks must be an integer >= 2"),

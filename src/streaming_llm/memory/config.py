@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..checks import check_int
-from .summaries import SUMMARY_BITS
+from .summaries import BLOCK_SCORES, SUMMARY_BITS
 
 SUMMARIES = ("representative", "minmax", "quantized")
 PLACEMENTS = ("beyond_window", "ordered")
@@ -32,6 +32,10 @@ class MemoryConfig:
         Bits per key element of ``summary="quantized"``: one of 2, 4, 8.
     representatives:
         Representative keys per block for ``summary="representative"`` (1 .. block_size).
+    block_score:
+        How a block's key logits make its logit: ``"max"`` (the best key's) or ``"sum"`` (their
+        log-sum-exp: the mass attention over the whole store would give the block's keys). Not
+        for ``summary="minmax"``, which has one bound per block.
     placement:
         Positions of the recalled tokens: ``"beyond_window"`` (InfLLM: every recalled token at one
         position, just before the oldest active slot) or ``"ordered"`` (recalled tokens in their
@@ -55,6 +59,7 @@ class MemoryConfig:
     summary: Literal["representative", "minmax", "quantized"] = "quantized"
     summary_bits: int = 4
     representatives: int = 4
+    block_score: Literal["max", "sum"] = "max"
     placement: Literal["beyond_window", "ordered"] = "beyond_window"
     recall_interval: int = 1
     lru_blocks: int | None = None
@@ -71,6 +76,10 @@ class MemoryConfig:
         if self.representatives > self.block_size:
             raise ValueError(f"memory_representatives must be <= memory_block_size ({self.block_size}); "
                              f"got {self.representatives}")
+        _check_choice("memory_block_score", self.block_score, BLOCK_SCORES)
+        if self.block_score == "sum" and self.summary == "minmax":
+            raise ValueError("memory_block_score='sum' needs a summary with keys to sum over: "
+                             "memory_summary 'representative' or 'quantized' (minmax keeps one bound per block)")
         _check_choice("memory_placement", self.placement, PLACEMENTS)
         check_int("memory_recall_interval", self.recall_interval, 1)
         if self.lru_blocks is not None:

@@ -22,7 +22,10 @@ the allocator).
 
 A block's score is the attention mass the queries would give it: each query's block logits
 (scaled by ``1/sqrt(D)``) go through a softmax over the blocks, and the masses are summed over
-the queries. Averaging raw logits instead let the many queries that look at no block in
+the queries. A block's logit comes from its keys' logits by ``block_score``: ``"max"`` takes the
+best key's, ``"sum"`` their log-sum-exp, so that the softmax over blocks is the mass the query
+would give all of the block's keys among every stored key (what attention over the whole store
+would give it; the representative summary sums over its representatives only). Averaging raw logits instead let the many queries that look at no block in
 particular drown the few that look for one (measured on SmolLM2 passkey prompts: the needle's
 block was recalled no more often than a random one).
 """
@@ -30,6 +33,21 @@ block was recalled no more often than a random one).
 from __future__ import annotations
 
 import torch
+
+
+BLOCK_SCORES = ("max", "sum")
+
+
+def block_logits(dots: torch.Tensor, dim: int, head_dim: int, block_score: str) -> torch.Tensor:
+    """Key logits ``dots`` (unscaled ``q . k``) -> one logit per block, reducing ``dim`` (the
+    block's keys): the best key's (``"max"``) or the log-sum-exp of the scaled logits, unscaled
+    again (``"sum"``), so that :func:`attention_mass` of the result is the keys' summed mass."""
+    if block_score == "max":
+        return dots.amax(dim=dim)
+    if block_score == "sum":
+        scale = head_dim**-0.5
+        return torch.logsumexp(dots * scale, dim=dim) / scale
+    raise ValueError(f"memory_block_score must be one of {', '.join(map(repr, BLOCK_SCORES))}; got {block_score!r}")
 
 
 def attention_mass(logits: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -45,8 +63,9 @@ class RepresentativeKeys:
 
     uses_query_hint = True
 
-    def __init__(self, representatives: int):
+    def __init__(self, representatives: int, block_score: str = "max"):
         self.representatives = representatives
+        self.block_score = block_score
 
     def summarize(self, keys: torch.Tensor, query_hint: torch.Tensor | None) -> tuple[torch.Tensor]:
         """``keys`` ``(H_kv, bs, D)`` position-free, ``query_hint`` ``(H_kv, D)`` or ``None``."""
@@ -59,14 +78,15 @@ class RepresentativeKeys:
 
     def score(self, summaries: tuple[torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
         """``summaries`` ``((N, H_kv, r, D),)``, ``queries`` ``(H_kv, Q, D)`` -> ``(H_kv, N)``: the
-        attention mass of each block's best representative."""
-        return best_key_mass(summaries[0], queries)
+        attention mass of each block's representatives (their best or all, by ``block_score``)."""
+        return key_mass(summaries[0], queries, self.block_score)
 
 
-def best_key_mass(keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    """``keys`` ``(N, H_kv, r, D)`` -> ``(H_kv, N)``: attention mass of each block's best key."""
+def key_mass(keys: torch.Tensor, queries: torch.Tensor, block_score: str = "max") -> torch.Tensor:
+    """``keys`` ``(N, H_kv, r, D)`` -> ``(H_kv, N)``: attention mass of each block's keys, its best
+    key's (``block_score="max"``) or all of them (``"sum"``)."""
     dots = torch.einsum("hqd,nhrd->hqnr", queries.float(), keys.float())
-    return attention_mass(dots.amax(dim=-1), queries.shape[-1])
+    return attention_mass(block_logits(dots, -1, queries.shape[-1], block_score), queries.shape[-1])
 
 
 class MinMaxBounds:
@@ -93,11 +113,12 @@ class QuantizedKeys:
 
     uses_query_hint = False
 
-    def __init__(self, bits: int):
+    def __init__(self, bits: int, block_score: str = "max"):
         if bits not in SUMMARY_BITS:
             raise ValueError(f"memory_summary_bits must be one of {', '.join(map(str, SUMMARY_BITS))}; got {bits!r}")
         self.bits = bits
         self.levels = 2 ** (bits - 1) - 1  # codes -levels .. levels, symmetric around 0
+        self.block_score = block_score
 
     def summarize(self, keys: torch.Tensor, query_hint: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         keys = keys.float()
@@ -111,7 +132,8 @@ class QuantizedKeys:
         return values * scales.float()[..., None]
 
     def score(self, summaries: tuple[torch.Tensor, torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
-        """``(H_kv, N)`` attention mass of each block's best key, computed from the codes without
+        """``(H_kv, N)`` attention mass of each block's keys (the best or all, by ``block_score``),
+        computed from the codes without
         unpacking them: ``q . k = scale * (sum_i q[i::p] . c_i - offset * sum(q))`` where ``c_i``
         are the codes in bit slot ``i`` of each byte (``p = 8 // bits`` per byte), one matmul per
         slot. Dequantising every key first was 4x slower on SmolLM2's decode (one query per head
@@ -128,8 +150,8 @@ class QuantizedKeys:
             dots = part if dots is None else dots + part
         dots = (dots - 2 ** (self.bits - 1) * q.sum(dim=-1)[:, None, :]) * scales.transpose(0, 1).reshape(
             heads, blocks * block_size, 1).float()
-        best = dots.view(heads, blocks, block_size, -1).amax(dim=2)  # (H, N, Q)
-        return attention_mass(best.transpose(1, 2), queries.shape[-1])
+        per_block = block_logits(dots.view(heads, blocks, block_size, -1), 2, queries.shape[-1], self.block_score)
+        return attention_mass(per_block.transpose(1, 2), queries.shape[-1])  # (H, N, Q) -> (H, N)
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -186,11 +208,11 @@ class SummaryBank:
         return sum(buffer.numel() * buffer.element_size() for buffer in self.parts)
 
 
-def make_summary(kind: str, representatives: int, bits: int = 4):
+def make_summary(kind: str, representatives: int, bits: int = 4, block_score: str = "max"):
     if kind == "representative":
-        return RepresentativeKeys(representatives)
-    if kind == "minmax":
+        return RepresentativeKeys(representatives, block_score)
+    if kind == "minmax":  # one bound per block: block_score has nothing to reduce (MemoryConfig refuses "sum")
         return MinMaxBounds()
     if kind == "quantized":
-        return QuantizedKeys(bits)
+        return QuantizedKeys(bits, block_score)
     raise ValueError(f"memory_summary must be 'representative', 'minmax' or 'quantized'; got {kind!r}")
