@@ -126,6 +126,22 @@ def test_a_planted_key_makes_the_store_recall_its_block(summary):
     assert len(selected) == HEADS and all(len(head) == 1 and bool(head[0].eq(planted).any()) for head in selected)
 
 
+def test_score_adjust_overrides_the_summaries_choice():
+    """The probe's oracle hook: adjusted scores pick the blocks, whatever the summaries say."""
+    torch.manual_seed(9)
+    layer = memory_layer(recent=4, block_size=8, recall_blocks=1)
+    feed(layer, torch.randn(1, HEADS, 8 * 6 + 4, DIM), torch.randn(1, HEADS, 8 * 6 + 4, DIM))
+    layer.update(torch.randn(1, HEADS, 1, DIM), torch.randn(1, HEADS, 1, DIM))
+    query = torch.randn(1, 2 * HEADS, 1, DIM)
+    layer.recall(query, active_slots=5)
+    chosen = {int(head[0][0]) // 8 for head in layer.memory.selected_positions()}
+    recallable = layer.memory.store.recallable(layer.seen_tokens)
+    forced = next(block for block in range(recallable) if block not in chosen)  # a block no head chose
+    layer.memory.score_adjust = lambda scores, store: scores + 1e9 * (torch.arange(scores.shape[-1]) == forced)
+    layer.recall(query, active_slots=5)
+    assert all(int(head[0][0]) // 8 == forced for head in layer.memory.selected_positions())
+
+
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_quantized_summary_keeps_every_key_within_half_a_step(bits):
     torch.manual_seed(6)

@@ -133,6 +133,9 @@ class LayerMemory:
     def __init__(self, config: MemoryConfig, strategy):
         self.config = config
         self.strategy = strategy
+        # diagnostics only (benchmarks/memory_probe.py --oracle): ``(scores (H_kv, N), store) ->
+        # scores`` applied before the top-k, e.g. to force the blocks that hold a known needle
+        self.score_adjust = None
         self.reset()
 
     def reset(self) -> None:
@@ -250,6 +253,8 @@ class LayerMemory:
         length = queries.shape[-2]
         at_distance = self.strategy.shift_keys(queries, torch.full((length,), -(first - 1), dtype=torch.long))
         scores = self.summarizer.score(self.summaries.first(available), self._grouped(at_distance))  # (H_kv, N)
+        if self.score_adjust is not None:
+            scores = self.score_adjust(scores, self.store)
         k = min(config.recall_blocks, available)
         selection = scores.topk(k, dim=-1).indices.cpu()
         for index in selection.unique().tolist():
