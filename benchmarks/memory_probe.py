@@ -15,7 +15,7 @@ before the shipped books:
 
 Arguments: LENGTH HAYSTACK[,HAYSTACK...] VARIANT... where a VARIANT is ``KEY=VALUE,...`` of
 :class:`streaming_llm.memory.MemoryConfig` (block_size 64 and recall_blocks 4 unless given; the
-policy is streaming 4+252 unless ``recent_size=`` is given).
+policy is streaming 4+252 unless ``recent_size=`` is given), or ``full``.
 """
 
 import argparse
@@ -36,7 +36,10 @@ POLICY_KEYS = ("recent_size", "start_size")
 
 
 def variant_config(text: str):
-    """``KEY=VALUE,...`` memory (and streaming) parameters -> the streaming + memory config."""
+    """``KEY=VALUE,...`` memory (and streaming) parameters -> the streaming + memory config;
+    ``full`` -> the full cache (the reference: what the model answers with nothing evicted)."""
+    if text == "full":
+        return RunSpec.parse("full").config()
     memory = {"block_size": "64", "recall_blocks": "4"}
     policy = {"start_size": "4", "recent_size": "252"}
     for key, value in (item.split("=", 1) for item in filter(None, text.split(","))):
@@ -50,7 +53,8 @@ def needle_layers(cache, first: int, last: int) -> str:
     ``[first, last)``, as a string of digits (one per layer; '.' = no selection yet)."""
     marks = []
     for layer in cache.layers:
-        selected = None if layer.memory is None else layer.memory.selected_positions()
+        memory = getattr(layer, "memory", None)  # the full cache has none
+        selected = None if memory is None else memory.selected_positions()
         if selected is None:
             marks.append(".")
             continue
@@ -69,7 +73,7 @@ def force_needle_blocks(cache, first: int, last: int) -> None:
             boosted[:, index] += inside.any(dim=-1).to(scores.device) * 1e9
         return boosted
     for layer in cache.layers:
-        if layer.memory is not None:
+        if getattr(layer, "memory", None) is not None:
             layer.memory.score_adjust = adjust
 
 
