@@ -63,18 +63,22 @@ def needle_layers(cache, first: int, last: int) -> str:
     return "".join(marks)
 
 
-def force_needle_blocks(cache, first: int, last: int) -> None:
-    """Oracle (diagnostics): every layer and KV head recalls the blocks holding a position in
-    ``[first, last)`` whenever they are in the store, the rest of its recall by the summaries."""
+def force_needle_blocks(cache, first: int, last: int, layers: slice = slice(None)) -> None:
+    """Oracle (diagnostics): every KV head of the ``layers`` recalls the blocks holding a position
+    in ``[first, last)`` whenever they are in the store, the rest of its recall by the summaries."""
     def adjust(scores, store):
         boosted = scores.clone()
         for index in range(scores.shape[-1]):
             inside = (store.positions[index] >= first) & (store.positions[index] < last)  # (H_kv, bs)
             boosted[:, index] += inside.any(dim=-1).to(scores.device) * 1e9
         return boosted
-    for layer in cache.layers:
+    for layer in cache.layers[layers]:
         if getattr(layer, "memory", None) is not None:
             layer.memory.score_adjust = adjust
+
+
+def run_name(variant: str, oracle: str | None) -> str:
+    return variant if oracle is None else f"{variant} oracle[{oracle}]"
 
 
 def answer(model, cache, prompt_ids, chunk_size: int, new_tokens: int, stop, trace_span):
@@ -103,15 +107,17 @@ def main() -> None:
     parser.add_argument("--depths", type=float, nargs="+", default=(0.25, 0.5, 0.75))
     parser.add_argument("--samples", type=int, default=1, help="prompts per depth (seeds of the sample index)")
     parser.add_argument("--trace", action="store_true", help="print, per layer, the KV heads that recalled the needle")
-    parser.add_argument("--oracle", action="store_true",
-                        help="diagnostics: also run each variant with the needle's blocks forced into every recall "
-                             "(tells a selection miss from a miss with the needle recalled)")
+    parser.add_argument("--oracle", nargs="*", metavar="FIRST:LAST",
+                        help="diagnostics: also run each variant with the needle's blocks forced into the recall of "
+                             "layers FIRST..LAST-1 (one run per range; no range = every layer): tells a selection "
+                             "miss from a miss with the needle recalled, and which layers need it")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer = load_model("smollm2-135m")
     stop = set(stop_token_ids(tokenizer))
-    runs = [(variant, oracle) for variant in args.variants for oracle in ((False, True) if args.oracle else (False,))]
-    tally = {f"{variant} oracle" if oracle else variant: 0 for variant, oracle in runs}
+    oracles = [None] if args.oracle is None else [None] + (args.oracle or [":"])
+    runs = [(variant, oracle) for variant in args.variants for oracle in oracles]
+    tally = {run_name(*run): 0 for run in runs}
     for haystack in args.haystacks.split(","):
         ids = tokenizer(load_text(haystack), add_special_tokens=False)["input_ids"]
         for depth in args.depths:
@@ -125,12 +131,12 @@ def main() -> None:
                 for variant, oracle in runs:
                     began = time.time()
                     with cache_from_config(model, variant_config(variant)) as cache:
-                        if oracle:
-                            force_needle_blocks(cache, *needle)
+                        if oracle is not None:
+                            force_needle_blocks(cache, *needle, slice(*[int(x) if x else None for x in oracle.split(":")]))
                         tokens, trace = answer(model, cache, sample.prompt_ids, 256, 8, stop, span)
                     text = tokenizer.decode(tokens)
                     right = sample.answers[0] in text
-                    name = f"{variant} oracle" if oracle else variant
+                    name = run_name(variant, oracle)
                     tally[name] += right
                     print(f"{haystack.rsplit('/', 1)[-1]} depth={depth} sample={index} {name}: "
                           f"{'OK' if right else '--'} {text[:30]!r} {trace} ({time.time() - began:.0f}s)", flush=True)

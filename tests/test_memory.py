@@ -142,6 +142,23 @@ def test_score_adjust_overrides_the_summaries_choice():
     assert all(int(head[0][0]) // 8 == forced for head in layer.memory.selected_positions())
 
 
+@pytest.mark.parametrize("select_per", ["head", "layer"])
+def test_layer_wide_selection_recalls_one_heads_find_in_every_head(select_per):
+    torch.manual_seed(10)
+    tokens, planted = 8 * 12 + 4, 8 * 5 + 2
+    keys, values = torch.randn(1, HEADS, tokens, DIM) * 0.1, torch.randn(1, HEADS, tokens, DIM)
+    direction = torch.randn(DIM)
+    keys[0, 0, planted] = 4 * direction  # only KV head 0 holds the planted key
+    layer = memory_layer(recent=4, block_size=8, recall_blocks=1, select_per=select_per)
+    feed(layer, keys, values)
+    layer.update(torch.randn(1, HEADS, 1, DIM), torch.randn(1, HEADS, 1, DIM))
+    free_query = direction.expand(2 * HEADS, DIM)[None, :, None, :].contiguous()  # every query head looks for it
+    first = layer.seen_tokens - 5
+    layer.recall(ROPE.shift_keys(free_query, torch.tensor([first - 1])), active_slots=5)  # scored at distance 0
+    found = [bool(head[0].eq(planted).any()) for head in layer.memory.selected_positions()]
+    assert found[0] and all(found[1:]) == (select_per == "layer")
+
+
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_quantized_summary_keeps_every_key_within_half_a_step(bits):
     torch.manual_seed(6)
@@ -292,6 +309,7 @@ def test_equal_memory_counts_the_recall_slots(model):
     ({"summary": "mean"}, "memory_summary must be one of 'representative', 'minmax', 'quantized'"),
     ({"summary_bits": 3}, "memory_summary_bits must be one of 2, 4, 8"),
     ({"block_score": "mean"}, "memory_block_score must be one of 'max', 'sum'"),
+    ({"select_per": "token"}, "memory_select_per must be one of 'head', 'layer'"),
     ({"summary": "minmax", "block_score": "sum"}, "memory_block_score='sum' needs a summary"),
     ({"placement": "anywhere"}, "memory_placement must be one of"),
     ({"store_dtype": "int4"}, "memory_store_dtype must be one of"),

@@ -10,6 +10,7 @@ from .summaries import BLOCK_SCORES, SUMMARY_BITS
 
 SUMMARIES = ("representative", "minmax", "quantized")
 PLACEMENTS = ("beyond_window", "ordered")
+SELECTIONS = ("head", "layer")
 STORE_DTYPES = ("model", "int8")
 
 
@@ -36,6 +37,10 @@ class MemoryConfig:
         How a block's key logits make its logit: ``"max"`` (the best key's) or ``"sum"`` (their
         log-sum-exp: the mass attention over the whole store would give the block's keys). Not
         for ``summary="minmax"``, which has one bound per block.
+    select_per:
+        ``"head"``: each KV head recalls the blocks its own queries score highest; ``"layer"``: the
+        scores are summed over the layer's KV heads and every head recalls the same blocks (a block
+        that one head finds is recalled in all; same bytes).
     placement:
         Positions of the recalled tokens: ``"beyond_window"`` (InfLLM: every recalled token at one
         position, just before the oldest active slot) or ``"ordered"`` (recalled tokens in their
@@ -60,6 +65,7 @@ class MemoryConfig:
     summary_bits: int = 4
     representatives: int = 4
     block_score: Literal["max", "sum"] = "max"
+    select_per: Literal["head", "layer"] = "head"
     placement: Literal["beyond_window", "ordered"] = "beyond_window"
     recall_interval: int = 1
     lru_blocks: int | None = None
@@ -80,6 +86,7 @@ class MemoryConfig:
         if self.block_score == "sum" and self.summary == "minmax":
             raise ValueError("memory_block_score='sum' needs a summary with keys to sum over: "
                              "memory_summary 'representative' or 'quantized' (minmax keeps one bound per block)")
+        _check_choice("memory_select_per", self.select_per, SELECTIONS)
         _check_choice("memory_placement", self.placement, PLACEMENTS)
         check_int("memory_recall_interval", self.recall_interval, 1)
         if self.lru_blocks is not None:

@@ -256,7 +256,10 @@ class LayerMemory:
         if self.score_adjust is not None:
             scores = self.score_adjust(scores, self.store)
         k = min(config.recall_blocks, available)
-        selection = scores.topk(k, dim=-1).indices.cpu()
+        if config.select_per == "layer":  # one choice for every KV head: the blocks the heads find together
+            selection = scores.sum(dim=0).topk(k).indices.cpu().expand(scores.shape[0], -1)
+        else:
+            selection = scores.topk(k, dim=-1).indices.cpu()
         for index in selection.unique().tolist():
             self.store.recalls[index] += 1
         self.counters["recalled_blocks"] += selection.numel()
