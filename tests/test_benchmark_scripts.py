@@ -109,3 +109,16 @@ def test_soak_report_of_an_interrupted_run(tmp_path):
     table = (tmp_path / "soak.md").read_text()
     assert "| streaming | 20 | 50..50 | True |" in table and "unfinished (20 of 1000 tokens)" in table
     assert "| tova |" not in table  # never started
+
+
+atskv_summary = _module(REPO / "benchmarks" / "atskv_summary.py", "atskv_summary")
+
+
+def _ppl(policy, ppl):
+    return {"policy": policy, "ppl": ppl, "params": {}, "cache_bytes_max": 1}
+
+
+@pytest.mark.parametrize("full,expected", [(10.0, "+0.50"), (30.0, "n/a (full worse)")])
+def test_atskv_summary_closure_is_defined_only_where_the_full_cache_beats_streaming(full, expected):
+    rows = atskv_summary.book_rows([_ppl("full", full), _ppl("streaming", 20.0), _ppl("atskv", 15.0)])
+    assert rows[-1].endswith(f"| -25.0% | {expected} |")

@@ -186,6 +186,16 @@ def test_quantized_score_equals_the_mass_of_the_dequantised_keys(bits, block_sco
     assert torch.allclose(summarizer.score((codes, scales), queries), expected, atol=1e-5)
 
 
+def test_max_query_reduce_lets_one_query_pick_its_block_against_many():
+    # block 0: one query looks for it alone; block 1: mildly preferred by the three others
+    keys = torch.zeros(2, 1, 1, DIM)
+    keys[0, 0, 0, 0], keys[1, 0, 0, 1] = 1.0, 1.0
+    queries = torch.zeros(1, 4, DIM)
+    queries[0, 0, 0], queries[0, 1:, 1] = 8 * DIM**0.5, 2 * DIM**0.5
+    assert key_mass(keys, queries, query_reduce="sum").argmax() == 1
+    assert key_mass(keys, queries, query_reduce="max").argmax() == 0
+
+
 def test_summed_block_score_is_the_blocks_share_of_attention_over_every_stored_key():
     torch.manual_seed(8)
     keys, queries = torch.randn(5, HEADS, 8, DIM) * 2, torch.randn(HEADS, 3, DIM)  # 5 blocks of 8 keys
@@ -310,6 +320,7 @@ def test_equal_memory_counts_the_recall_slots(model):
     ({"summary_bits": 3}, "memory_summary_bits must be one of 2, 4, 8"),
     ({"block_score": "mean"}, "memory_block_score must be one of 'max', 'sum'"),
     ({"select_per": "token"}, "memory_select_per must be one of 'head', 'layer'"),
+    ({"query_reduce": "mean"}, "memory_query_reduce must be one of 'sum', 'max'"),
     ({"summary": "minmax", "block_score": "sum"}, "memory_block_score='sum' needs a summary"),
     ({"placement": "anywhere"}, "memory_placement must be one of"),
     ({"store_dtype": "int4"}, "memory_store_dtype must be one of"),

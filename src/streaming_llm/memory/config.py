@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..checks import check_int
-from .summaries import BLOCK_SCORES, SUMMARY_BITS
+from .summaries import BLOCK_SCORES, QUERY_REDUCES, SUMMARY_BITS
 
 SUMMARIES = ("representative", "minmax", "quantized")
 PLACEMENTS = ("beyond_window", "ordered")
@@ -37,6 +37,9 @@ class MemoryConfig:
         How a block's key logits make its logit: ``"max"`` (the best key's) or ``"sum"`` (their
         log-sum-exp: the mass attention over the whole store would give the block's keys). Not
         for ``summary="minmax"``, which has one bound per block.
+    query_reduce:
+        How the scoring queries' shares of a block combine: ``"sum"`` (their total) or ``"max"``
+        (the largest share any one query gives it).
     select_per:
         ``"head"``: each KV head recalls the blocks its own queries score highest; ``"layer"``: the
         scores are summed over the layer's KV heads and every head recalls the same blocks (a block
@@ -65,6 +68,7 @@ class MemoryConfig:
     summary_bits: int = 4
     representatives: int = 4
     block_score: Literal["max", "sum"] = "max"
+    query_reduce: Literal["sum", "max"] = "sum"
     select_per: Literal["head", "layer"] = "head"
     placement: Literal["beyond_window", "ordered"] = "beyond_window"
     recall_interval: int = 1
@@ -86,6 +90,7 @@ class MemoryConfig:
         if self.block_score == "sum" and self.summary == "minmax":
             raise ValueError("memory_block_score='sum' needs a summary with keys to sum over: "
                              "memory_summary 'representative' or 'quantized' (minmax keeps one bound per block)")
+        _check_choice("memory_query_reduce", self.query_reduce, QUERY_REDUCES)
         _check_choice("memory_select_per", self.select_per, SELECTIONS)
         _check_choice("memory_placement", self.placement, PLACEMENTS)
         check_int("memory_recall_interval", self.recall_interval, 1)

@@ -141,7 +141,8 @@ class LayerMemory:
     def reset(self) -> None:
         config = self.config
         self.store = BlockStore(config.block_size, int8=config.store_dtype == "int8")
-        self.summarizer = make_summary(config.summary, config.representatives, config.summary_bits, config.block_score)
+        self.summarizer = make_summary(config.summary, config.representatives, config.summary_bits, config.block_score,
+                                       config.query_reduce)
         self.summaries = SummaryBank()  # one summary per sealed block, on the active device
         self.lru = DeviceLRU(config.device_blocks)
         self.query_hint: torch.Tensor | None = None  # (H_kv, D) mean position-free query of the last forward

@@ -50,10 +50,15 @@ def block_logits(dots: torch.Tensor, dim: int, head_dim: int, block_score: str) 
     raise ValueError(f"memory_block_score must be one of {', '.join(map(repr, BLOCK_SCORES))}; got {block_score!r}")
 
 
-def attention_mass(logits: torch.Tensor, head_dim: int) -> torch.Tensor:
+QUERY_REDUCES = ("sum", "max")
+
+
+def attention_mass(logits: torch.Tensor, head_dim: int, query_reduce: str = "sum") -> torch.Tensor:
     """``(H_kv, Q, N)`` block logits -> ``(H_kv, N)``: softmax over the blocks of the scaled
-    logits, summed over the queries."""
-    return torch.softmax(logits * head_dim**-0.5, dim=-1).sum(dim=1)
+    logits, summed over the queries (``query_reduce="sum"``) or the largest share any one query
+    gives the block (``"max"``: a block that a single query looks for is not outvoted by the rest)."""
+    shares = torch.softmax(logits * head_dim**-0.5, dim=-1)
+    return shares.sum(dim=1) if query_reduce == "sum" else shares.amax(dim=1)
 
 
 class RepresentativeKeys:
@@ -63,9 +68,9 @@ class RepresentativeKeys:
 
     uses_query_hint = True
 
-    def __init__(self, representatives: int, block_score: str = "max"):
+    def __init__(self, representatives: int, block_score: str = "max", query_reduce: str = "sum"):
         self.representatives = representatives
-        self.block_score = block_score
+        self.block_score, self.query_reduce = block_score, query_reduce
 
     def summarize(self, keys: torch.Tensor, query_hint: torch.Tensor | None) -> tuple[torch.Tensor]:
         """``keys`` ``(H_kv, bs, D)`` position-free, ``query_hint`` ``(H_kv, D)`` or ``None``."""
@@ -79,20 +84,23 @@ class RepresentativeKeys:
     def score(self, summaries: tuple[torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
         """``summaries`` ``((N, H_kv, r, D),)``, ``queries`` ``(H_kv, Q, D)`` -> ``(H_kv, N)``: the
         attention mass of each block's representatives (their best or all, by ``block_score``)."""
-        return key_mass(summaries[0], queries, self.block_score)
+        return key_mass(summaries[0], queries, self.block_score, self.query_reduce)
 
 
-def key_mass(keys: torch.Tensor, queries: torch.Tensor, block_score: str = "max") -> torch.Tensor:
+def key_mass(keys: torch.Tensor, queries: torch.Tensor, block_score: str = "max", query_reduce: str = "sum") -> torch.Tensor:
     """``keys`` ``(N, H_kv, r, D)`` -> ``(H_kv, N)``: attention mass of each block's keys, its best
-    key's (``block_score="max"``) or all of them (``"sum"``)."""
+    key's (``block_score="max"``) or all of them (``"sum"``), reduced over the queries by ``query_reduce``."""
     dots = torch.einsum("hqd,nhrd->hqnr", queries.float(), keys.float())
-    return attention_mass(block_logits(dots, -1, queries.shape[-1], block_score), queries.shape[-1])
+    return attention_mass(block_logits(dots, -1, queries.shape[-1], block_score), queries.shape[-1], query_reduce)
 
 
 class MinMaxBounds:
     """Summary ``(H_kv, 2, D)``: per-dimension min (row 0) and max (row 1) of the block's keys."""
 
     uses_query_hint = False
+
+    def __init__(self, query_reduce: str = "sum"):
+        self.query_reduce = query_reduce
 
     def summarize(self, keys: torch.Tensor, query_hint: torch.Tensor | None) -> tuple[torch.Tensor]:
         return (torch.stack([keys.amin(dim=1), keys.amax(dim=1)], dim=1),)
@@ -103,7 +111,7 @@ class MinMaxBounds:
         q = queries.float()
         low, high = summaries[0][:, :, 0].float(), summaries[0][:, :, 1].float()  # (N, H, D)
         bound = torch.einsum("hqd,nhd->hqn", q.clamp(min=0), high) + torch.einsum("hqd,nhd->hqn", q.clamp(max=0), low)
-        return attention_mass(bound, queries.shape[-1])
+        return attention_mass(bound, queries.shape[-1], self.query_reduce)
 
 
 class QuantizedKeys:
@@ -113,12 +121,12 @@ class QuantizedKeys:
 
     uses_query_hint = False
 
-    def __init__(self, bits: int, block_score: str = "max"):
+    def __init__(self, bits: int, block_score: str = "max", query_reduce: str = "sum"):
         if bits not in SUMMARY_BITS:
             raise ValueError(f"memory_summary_bits must be one of {', '.join(map(str, SUMMARY_BITS))}; got {bits!r}")
         self.bits = bits
         self.levels = 2 ** (bits - 1) - 1  # codes -levels .. levels, symmetric around 0
-        self.block_score = block_score
+        self.block_score, self.query_reduce = block_score, query_reduce
 
     def summarize(self, keys: torch.Tensor, query_hint: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         keys = keys.float()
@@ -151,7 +159,7 @@ class QuantizedKeys:
         dots = (dots - 2 ** (self.bits - 1) * q.sum(dim=-1)[:, None, :]) * scales.transpose(0, 1).reshape(
             heads, blocks * block_size, 1).float()
         per_block = block_logits(dots.view(heads, blocks, block_size, -1), 2, queries.shape[-1], self.block_score)
-        return attention_mass(per_block.transpose(1, 2), queries.shape[-1])  # (H, N, Q) -> (H, N)
+        return attention_mass(per_block.transpose(1, 2), queries.shape[-1], self.query_reduce)  # (H, N, Q) -> (H, N)
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -208,11 +216,11 @@ class SummaryBank:
         return sum(buffer.numel() * buffer.element_size() for buffer in self.parts)
 
 
-def make_summary(kind: str, representatives: int, bits: int = 4, block_score: str = "max"):
+def make_summary(kind: str, representatives: int, bits: int = 4, block_score: str = "max", query_reduce: str = "sum"):
     if kind == "representative":
-        return RepresentativeKeys(representatives, block_score)
+        return RepresentativeKeys(representatives, block_score, query_reduce)
     if kind == "minmax":  # one bound per block: block_score has nothing to reduce (MemoryConfig refuses "sum")
-        return MinMaxBounds()
+        return MinMaxBounds(query_reduce)
     if kind == "quantized":
-        return QuantizedKeys(bits, block_score)
+        return QuantizedKeys(bits, block_score, query_reduce)
     raise ValueError(f"memory_summary must be 'representative', 'minmax' or 'quantized'; got {kind!r}")
