@@ -93,7 +93,7 @@ def test_log_count_bias_equals_duplicated_slots():
 
     def carry(bias):
         policy = SimpleNamespace(needs_attention=False)
-        layer = SimpleNamespace(policy=policy, attention_bias=lambda: bias, recall=lambda query, active: None)  # no memory tier
+        layer = SimpleNamespace(policy=policy, attention_bias=lambda: bias, recall=lambda query, active, current_keys: None)  # no memory tier
         session.carried = SimpleNamespace(layers=[layer])
 
     carry(counts.log())
@@ -163,7 +163,7 @@ def test_dropout_may_come_by_position_as_wrappers_pass_it():
     session = SimpleNamespace(carried=None)
     routed = attention.route(module, session)
     layer = SimpleNamespace(policy=SimpleNamespace(needs_attention=False), attention_bias=lambda: None,
-                            recall=lambda query, active: None)
+                            recall=lambda query, active, current_keys: None)
     session.carried = SimpleNamespace(layers=[layer])
     by_name, _ = bounded_attention(module, query, key, value, None, dropout=0.0, scaling=0.25)
     by_position, _ = bounded_attention(module, query, key, value, None, 0.0, scaling=0.25)

@@ -159,6 +159,24 @@ def test_layer_wide_selection_recalls_one_heads_find_in_every_head(select_per):
     assert found[0] and all(found[1:]) == (select_per == "layer")
 
 
+def test_scoring_with_keys_recalls_the_block_holding_the_current_tokens_key():
+    """score_with="keys": a new token whose key matches an evicted one recalls that block, wherever it lies."""
+    torch.manual_seed(11)
+    tokens, planted = 8 * 12 + 4, 8 * 3 + 6
+    keys, values = torch.randn(1, HEADS, tokens, DIM) * 0.1, torch.randn(1, HEADS, tokens, DIM)
+    word = torch.randn(HEADS, DIM)
+    keys[0, :, planted] = 4 * word
+    layer = memory_layer(recent=4, block_size=8, recall_blocks=1, score_with="keys")
+    feed(layer, keys, values)
+    position = layer.seen_tokens
+    current = ROPE.shift_keys(4 * word[None, :, None, :], torch.tensor([position]))  # the same word again, rotated
+    layer.update(current, torch.randn(1, HEADS, 1, DIM))
+    layer.recall(torch.randn(1, 2 * HEADS, 1, DIM), active_slots=5, current_keys=current)  # queries look elsewhere
+    assert all(bool(head[0].eq(planted).any()) for head in layer.memory.selected_positions())
+    with pytest.raises(ValueError, match="memory_score_with='keys' needs this forward's keys"):
+        layer.memory.recall(layer, torch.randn(1, 2 * HEADS, 1, DIM), active_slots=5)
+
+
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_quantized_summary_keeps_every_key_within_half_a_step(bits):
     torch.manual_seed(6)
@@ -321,6 +339,7 @@ def test_equal_memory_counts_the_recall_slots(model):
     ({"block_score": "mean"}, "memory_block_score must be one of 'max', 'sum'"),
     ({"select_per": "token"}, "memory_select_per must be one of 'head', 'layer'"),
     ({"query_reduce": "mean"}, "memory_query_reduce must be one of 'sum', 'max'"),
+    ({"score_with": "values"}, "memory_score_with must be one of 'queries', 'keys'"),
     ({"summary": "minmax", "block_score": "sum"}, "memory_block_score='sum' needs a summary"),
     ({"placement": "anywhere"}, "memory_placement must be one of"),
     ({"store_dtype": "int4"}, "memory_store_dtype must be one of"),

@@ -136,7 +136,7 @@ def bounded_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     q_len, n = query.shape[-2], key.shape[-2]
     mask = chunk_causal_mask(q_len, n, query.device, kwargs.get("sliding_window"))
     bias = layer.attention_bias() if layer is not None else None
-    active_key, recalled = key, (layer.recall(query, n) if layer is not None else None)
+    active_key, recalled = key, (layer.recall(query, n, key[..., -q_len:, :]) if layer is not None else None)
     if recalled is not None:  # memory tier: R recalled slots before the active ones, visible to every query
         key, value, mask, bias = _join_recalled(recalled, key, value, mask, bias)
     if layer is None or not layer.policy.needs_attention:

@@ -173,10 +173,11 @@ class BoundedLayer(CacheLayerMixin):
         """Logit bias ``(H_kv, n)`` for the slots the last update returned, or ``None``."""
         return self.returned_bias
 
-    def recall(self, query: torch.Tensor, active_slots: int):
-        """Recalled ``(keys, values)`` ``(1, H_kv, R, D)`` for this forward's ``query`` from the
-        memory tier, or ``None`` (no memory, nothing recallable)."""
-        return None if self.memory is None else self.memory.recall(self, query, active_slots)
+    def recall(self, query: torch.Tensor, active_slots: int, current_keys: torch.Tensor | None = None):
+        """Recalled ``(keys, values)`` ``(1, H_kv, R, D)`` for this forward's ``query`` (and its
+        own keys ``current_keys``, the last ``q`` of the returned slots) from the memory tier, or
+        ``None`` (no memory, nothing recallable)."""
+        return None if self.memory is None else self.memory.recall(self, query, active_slots, current_keys)
 
     def after_attention(self, probs: torch.Tensor) -> None:
         """Called by the attention hook with this step's probabilities ``(B, H_q, q, n)``."""

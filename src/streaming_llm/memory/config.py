@@ -11,6 +11,7 @@ from .summaries import BLOCK_SCORES, QUERY_REDUCES, SUMMARY_BITS
 SUMMARIES = ("representative", "minmax", "quantized")
 PLACEMENTS = ("beyond_window", "ordered")
 SELECTIONS = ("head", "layer")
+SCORERS = ("queries", "keys")
 STORE_DTYPES = ("model", "int8")
 
 
@@ -40,6 +41,10 @@ class MemoryConfig:
     query_reduce:
         How the scoring queries' shares of a block combine: ``"sum"`` (their total) or ``"max"``
         (the largest share any one query gives it).
+    score_with:
+        What scores the blocks: ``"queries"`` (this forward's last ``score_queries`` queries, at the
+        distance the recalled tokens will be placed) or ``"keys"`` (its last ``score_queries`` keys,
+        position-free like the stored ones: a content match, the new tokens against the old).
     select_per:
         ``"head"``: each KV head recalls the blocks its own queries score highest; ``"layer"``: the
         scores are summed over the layer's KV heads and every head recalls the same blocks (a block
@@ -69,6 +74,7 @@ class MemoryConfig:
     representatives: int = 4
     block_score: Literal["max", "sum"] = "max"
     query_reduce: Literal["sum", "max"] = "sum"
+    score_with: Literal["queries", "keys"] = "queries"
     select_per: Literal["head", "layer"] = "head"
     placement: Literal["beyond_window", "ordered"] = "beyond_window"
     recall_interval: int = 1
@@ -92,6 +98,7 @@ class MemoryConfig:
                              "memory_summary 'representative' or 'quantized' (minmax keeps one bound per block)")
         _check_choice("memory_query_reduce", self.query_reduce, QUERY_REDUCES)
         _check_choice("memory_select_per", self.select_per, SELECTIONS)
+        _check_choice("memory_score_with", self.score_with, SCORERS)
         _check_choice("memory_placement", self.placement, PLACEMENTS)
         check_int("memory_recall_interval", self.recall_interval, 1)
         if self.lru_blocks is not None:

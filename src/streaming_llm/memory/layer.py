@@ -205,10 +205,13 @@ class LayerMemory:
                 self.lru.forget()
 
     # -- recall ---------------------------------------------------------------------------
-    def recall(self, layer, query: torch.Tensor, active_slots: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def recall(self, layer, query: torch.Tensor, active_slots: int,
+               current_keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Recalled ``(1, H_kv, R, D)`` keys (placed, see :mod:`.placement`) and values for this
         forward's ``query`` ``(1, H_q, q, D)`` (rotated at its absolute positions, the last of them
-        at ``seen - 1``), or ``None``. ``active_slots``: slots the layer returned for this forward."""
+        at ``seen - 1``), or ``None``. ``active_slots``: slots the layer returned for this forward;
+        ``current_keys`` ``(1, H_kv, q, D)``: this forward's own keys, at the queries' positions
+        (read with ``score_with="keys"``)."""
         config = self.config
         queries = query[..., -config.score_queries :, :]
         self._update_query_hint(queries, layer.seen_tokens)
@@ -216,7 +219,13 @@ class LayerMemory:
         if config.recall_blocks == 0 or available == 0:
             return None
         first = layer.seen_tokens - active_slots  # position the oldest active slot is presented at
-        selection = self._select(queries, first, available)
+        if config.score_with == "keys":
+            if current_keys is None:
+                raise ValueError("memory_score_with='keys' needs this forward's keys: pass current_keys to recall()")
+            scoring = current_keys[..., -config.score_queries :, :]
+        else:
+            scoring = queries
+        selection = self._select(scoring, first, available, layer.seen_tokens)
         counts = self.lru.fetch(self.store, selection, query.shape[-1], query.device, layer.dtype)
         for name, value in counts.items():
             self.counters[name] += value
@@ -242,18 +251,25 @@ class LayerMemory:
         free = self.strategy.shift_keys(queries, -torch.arange(seen_tokens - length, seen_tokens))
         self.query_hint = self._grouped(free).float().mean(dim=1)
 
-    def _select(self, queries: torch.Tensor, first: int, available: int) -> torch.Tensor:
+    def _select(self, scoring: torch.Tensor, first: int, available: int, seen_tokens: int) -> torch.Tensor:
         """Store indices ``(H_kv, k)`` of the blocks to recall: the last selection while it is
-        younger than ``recall_interval`` forwards, else the top-scored."""
+        younger than ``recall_interval`` forwards, else the top-scored by ``scoring``, this
+        forward's last queries ``(1, H_q, L, D)`` or (``score_with="keys"``) keys ``(1, H_kv, L, D)``."""
         config = self.config
         self.counters["recall_forwards"] += 1
         if self._selection is not None and self._selection_age + 1 < config.recall_interval:
             self._selection_age += 1
             return self._selection
-        # rotate the queries so that a position-free key scores as if placed at ``first - 1``
-        length = queries.shape[-2]
-        at_distance = self.strategy.shift_keys(queries, torch.full((length,), -(first - 1), dtype=torch.long))
-        scores = self.summarizer.score(self.summaries.first(available), self._grouped(at_distance))  # (H_kv, N)
+        length = scoring.shape[-2]
+        if config.score_with == "keys":
+            # content against content: both position-free, so the match does not depend on distance
+            free = self.strategy.shift_keys(scoring, -torch.arange(seen_tokens - length, seen_tokens))
+            vectors = free[0]
+        else:
+            # rotate the queries so that a position-free key scores as if placed at ``first - 1``
+            at_distance = self.strategy.shift_keys(scoring, torch.full((length,), -(first - 1), dtype=torch.long))
+            vectors = self._grouped(at_distance)
+        scores = self.summarizer.score(self.summaries.first(available), vectors)  # (H_kv, N)
         if self.score_adjust is not None:
             scores = self.score_adjust(scores, self.store)
         k = min(config.recall_blocks, available)
