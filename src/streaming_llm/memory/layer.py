@@ -219,13 +219,9 @@ class LayerMemory:
         if config.recall_blocks == 0 or available == 0:
             return None
         first = layer.seen_tokens - active_slots  # position the oldest active slot is presented at
-        if config.score_with == "keys":
-            if current_keys is None:
-                raise ValueError("memory_score_with='keys' needs this forward's keys: pass current_keys to recall()")
-            scoring = current_keys[..., -config.score_queries :, :]
-        else:
-            scoring = queries
-        selection = self._select(scoring, first, available, layer.seen_tokens)
+        if config.score_with == "keys" and current_keys is None:
+            raise ValueError("memory_score_with='keys' needs this forward's keys: pass current_keys to recall()")
+        selection = self._select(queries, current_keys, first, available, layer.seen_tokens)
         counts = self.lru.fetch(self.store, selection, query.shape[-1], query.device, layer.dtype)
         for name, value in counts.items():
             self.counters[name] += value
@@ -247,28 +243,36 @@ class LayerMemory:
             # nothing offloaded yet (the KV head count is not known and no block needs a hint), or a
             # summary that never reads it: un-rotating the queries cost a RoPE pass every forward
             return
-        length = queries.shape[-2]
-        free = self.strategy.shift_keys(queries, -torch.arange(seen_tokens - length, seen_tokens))
-        self.query_hint = self._grouped(free).float().mean(dim=1)
+        self.query_hint = self._grouped(self._position_free(queries, seen_tokens)).float().mean(dim=1)
 
-    def _select(self, scoring: torch.Tensor, first: int, available: int, seen_tokens: int) -> torch.Tensor:
+    def _position_free(self, vectors: torch.Tensor, seen_tokens: int) -> torch.Tensor:
+        """``(1, H, L, D)`` queries or keys of this forward (rotated at positions ``seen - L .. seen - 1``)
+        with RoPE undone."""
+        length = vectors.shape[-2]
+        return self.strategy.shift_keys(vectors, -torch.arange(seen_tokens - length, seen_tokens))
+
+    def _scoring_vectors(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int,
+                         seen_tokens: int) -> torch.Tensor:
+        """``(H_kv, L, D)`` vectors the summaries are scored with: this forward's last queries,
+        rotated so that a position-free key scores as if placed at ``first - 1``, or
+        (``score_with="keys"``) its last keys, position-free like the stored ones."""
+        if self.config.score_with == "keys":
+            # content against content: both position-free, so the match does not depend on distance
+            return self._position_free(current_keys[..., -self.config.score_queries :, :], seen_tokens)[0]
+        length = queries.shape[-2]
+        at_distance = self.strategy.shift_keys(queries, torch.full((length,), -(first - 1), dtype=torch.long))
+        return self._grouped(at_distance)
+
+    def _select(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int, available: int,
+                seen_tokens: int) -> torch.Tensor:
         """Store indices ``(H_kv, k)`` of the blocks to recall: the last selection while it is
-        younger than ``recall_interval`` forwards, else the top-scored by ``scoring``, this
-        forward's last queries ``(1, H_q, L, D)`` or (``score_with="keys"``) keys ``(1, H_kv, L, D)``."""
+        younger than ``recall_interval`` forwards, else the top-scored (see :meth:`_scoring_vectors`)."""
         config = self.config
         self.counters["recall_forwards"] += 1
         if self._selection is not None and self._selection_age + 1 < config.recall_interval:
             self._selection_age += 1
             return self._selection
-        length = scoring.shape[-2]
-        if config.score_with == "keys":
-            # content against content: both position-free, so the match does not depend on distance
-            free = self.strategy.shift_keys(scoring, -torch.arange(seen_tokens - length, seen_tokens))
-            vectors = free[0]
-        else:
-            # rotate the queries so that a position-free key scores as if placed at ``first - 1``
-            at_distance = self.strategy.shift_keys(scoring, torch.full((length,), -(first - 1), dtype=torch.long))
-            vectors = self._grouped(at_distance)
+        vectors = self._scoring_vectors(queries, current_keys, first, seen_tokens)
         scores = self.summarizer.score(self.summaries.first(available), vectors)  # (H_kv, N)
         if self.score_adjust is not None:
             scores = self.score_adjust(scores, self.store)

@@ -22,12 +22,13 @@ the allocator).
 
 A block's score is the attention mass the queries would give it: each query's block logits
 (scaled by ``1/sqrt(D)``) go through a softmax over the blocks, and the masses are summed over
-the queries. A block's logit comes from its keys' logits by ``block_score``: ``"max"`` takes the
-best key's, ``"sum"`` their log-sum-exp, so that the softmax over blocks is the mass the query
-would give all of the block's keys among every stored key (what attention over the whole store
-would give it; the representative summary sums over its representatives only). Averaging raw logits instead let the many queries that look at no block in
-particular drown the few that look for one (measured on SmolLM2 passkey prompts: the needle's
-block was recalled no more often than a random one).
+the queries (or, ``query_reduce="max"``, the largest share any one query gives). A block's logit
+comes from its keys' logits by ``block_score``: ``"max"`` takes the best key's, ``"sum"`` their
+log-sum-exp, so that the softmax over blocks is the mass the query would give all of the block's
+keys among every stored key (what attention over the whole store would give it; the
+representative summary sums over its representatives only). Averaging raw logits instead let the
+many queries that look at no block in particular drown the few that look for one (measured on
+SmolLM2 passkey prompts: the needle's block was recalled no more often than a random one).
 """
 
 from __future__ import annotations
@@ -141,8 +142,7 @@ class QuantizedKeys:
 
     def score(self, summaries: tuple[torch.Tensor, torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
         """``(H_kv, N)`` attention mass of each block's keys (the best or all, by ``block_score``),
-        computed from the codes without
-        unpacking them: ``q . k = scale * (sum_i q[i::p] . c_i - offset * sum(q))`` where ``c_i``
+        computed from the codes without unpacking them: ``q . k = scale * (sum_i q[i::p] . c_i - offset * sum(q))`` where ``c_i``
         are the codes in bit slot ``i`` of each byte (``p = 8 // bits`` per byte), one matmul per
         slot. Dequantising every key first was 4x slower on SmolLM2's decode (one query per head
         against every key of the store, at every step), where it dominated the step."""
