@@ -77,17 +77,54 @@ def force_needle_blocks(cache, first: int, last: int, layers: slice = slice(None
             layer.memory.score_adjust = adjust
 
 
-def run_name(variant: str, oracle: str | None) -> str:
-    return variant if oracle is None else f"{variant} oracle[{oracle}]"
+class LayerGuide:
+    """Diagnostics (``--guide FIRST:LAST``): the layers FIRST..LAST-1 select by their own scores and
+    publish their attention mass per block, summed over their KV heads, once LAST-1 has scored;
+    every other layer recalls the blocks the published mass ranks first (from this forward for
+    layers after the guides, from the previous forward for layers before them). Tests whether
+    the deep layers' choice (by true attention the needle ranks first only in layers 17-24) would
+    carry the shallow layers that need the needle but do not find it themselves."""
+
+    def __init__(self, cache, first: int, last: int):
+        self.first, self.last = first, last
+        self.current, self.published = None, None
+        for index, layer in enumerate(cache.layers):
+            if getattr(layer, "memory", None) is not None:
+                layer.memory.score_adjust = self._adjuster(index)
+
+    def _adjuster(self, index: int):
+        def adjust(scores, store):
+            if self.first <= index < self.last:
+                mass = scores.sum(dim=0)
+                self.current = mass if self.current is None or self.current.shape != mass.shape else self.current + mass
+                if index == self.last - 1:
+                    self.published, self.current = self.current, None
+                return scores
+            if self.published is None:
+                return scores
+            n = min(self.published.shape[-1], scores.shape[-1])
+            guided = scores.clone()
+            guided[:, :n] += 1e6 * self.published[:n]  # the guides' ranking first, ties by the layer's own
+            return guided
+        return adjust
+
+
+def run_name(variant: str, oracle: str | None, guide: str | None = None) -> str:
+    name = variant if oracle is None else f"{variant} oracle[{oracle}]"
+    return name if guide is None else f"{name} guide[{guide}]"
 
 
 @torch.inference_mode()  # without it every chunk's autograd graph stays alive through the cache: ~2 GB per 8k prompt
-def answer(model, cache, prompt_ids, chunk_size: int, new_tokens: int, stop, trace_span):
-    """Greedy answer with ``cache``; the needle trace after the prompt's last forward (or '')."""
+def answer(model, cache, prompt_ids, chunk_size: int, new_tokens: int, stop, trace_span, last_step: bool = False):
+    """Greedy answer with ``cache``; the needle trace after the prompt's last forward (or '').
+    ``last_step``: the prompt's last token is fed alone, as a decode step after the rest."""
     cache_arg = cache_kwargs(model, cache)
     ids = torch.tensor([prompt_ids])
-    for begin in range(0, ids.shape[1], chunk_size):
-        logits = model(input_ids=ids[:, begin : begin + chunk_size], **cache_arg, use_cache=True, logits_to_keep=1).logits
+    bounds = list(range(0, ids.shape[1], chunk_size)) + [ids.shape[1]]
+    if last_step and bounds[-2] != ids.shape[1] - 1:
+        bounds.insert(-1, ids.shape[1] - 1)
+    for begin, end in zip(bounds, bounds[1:]):
+        logits = model(input_ids=ids[:, begin:end], **cache_arg, use_cache=True, logits_to_keep=1).logits
     trace = needle_layers(cache, *trace_span) if trace_span else ""
     tokens = []
     for _ in range(new_tokens):
@@ -112,12 +149,18 @@ def main() -> None:
                         help="diagnostics: also run each variant with the needle's blocks forced into the recall of "
                              "layers FIRST..LAST-1 (one run per range; no range = every layer): tells a selection "
                              "miss from a miss with the needle recalled, and which layers need it")
+    parser.add_argument("--guide", nargs="*", metavar="FIRST:LAST",
+                        help="diagnostics: also run each variant with layers FIRST..LAST-1 choosing the blocks of every "
+                             "other layer (LayerGuide), the prompt's last token fed as a decode step")
+    parser.add_argument("--last-step", action="store_true",
+                        help="feed the prompt's last token alone, as a decode step (every run)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer = load_model("smollm2-135m")
     stop = set(stop_token_ids(tokenizer))
     oracles = [None] if args.oracle is None else [None] + (args.oracle or [":"])
-    runs = [(variant, oracle) for variant in args.variants for oracle in oracles]
+    guides = [None] + (args.guide or [])
+    runs = [(variant, oracle, guide) for variant in args.variants for oracle in oracles for guide in guides]
     tally = {run_name(*run): 0 for run in runs}
     for haystack in args.haystacks.split(","):
         ids = tokenizer(load_text(haystack), add_special_tokens=False)["input_ids"]
@@ -129,15 +172,18 @@ def main() -> None:
                 start = sample.needle_prompt_start
                 needle = (start, start + len(sample.needle.ids))
                 span = needle if args.trace else None
-                for variant, oracle in runs:
+                for variant, oracle, guide in runs:
                     began = time.time()
                     with cache_from_config(model, variant_config(variant)) as cache:
                         if oracle is not None:
                             force_needle_blocks(cache, *needle, slice(*[int(x) if x else None for x in oracle.split(":")]))
-                        tokens, trace = answer(model, cache, sample.prompt_ids, 256, 8, stop, span)
+                        if guide is not None:
+                            LayerGuide(cache, *map(int, guide.split(":")))
+                        tokens, trace = answer(model, cache, sample.prompt_ids, 256, 8, stop, span,
+                                               last_step=args.last_step or guide is not None)
                     text = tokenizer.decode(tokens)
                     right = sample.answers[0] in text
-                    name = run_name(variant, oracle)
+                    name = run_name(variant, oracle, guide)
                     tally[name] += right
                     print(f"{haystack.rsplit('/', 1)[-1]} depth={depth} sample={index} {name}: "
                           f"{'OK' if right else '--'} {text[:30]!r} {trace} ({time.time() - began:.0f}s)", flush=True)

@@ -249,6 +249,41 @@ def test_custom_compressor_seed_contract(token_stream):
     assert tier.counts.sum(dim=1).min() > tier.real_counts().min()  # rows stand for several tokens
 
 
+class ToldCapacity:
+    """A user compressor that asks for its capacity and keeps the first ``capacity`` rows."""
+
+    def __init__(self):
+        self.calls = []
+
+    def compress(self, K, V, capacity):
+        self.calls.append((K.shape[0], capacity))
+        return K[:capacity], V[:capacity]
+
+
+def test_custom_compressor_told_its_capacity(token_stream):
+    compressor = ToldCapacity()
+    cache = enable_adms_llm(MODEL, compressor=compressor, start_size=2, recent_size=8, compressed_budget=12,
+                            compressor_type="custom", enable_dynamic_sink=False, importance_ratio=0.25,
+                            compression_interval=2)
+    with cache:
+        stream(token_stream[:, :96], cache, 1, lambda c, logits: None)
+    assert compressor.calls and all(0 < capacity < rows for rows, capacity in compressor.calls)
+    assert max(cache.cache_tokens()) <= cache.max_slots()
+
+
+def test_custom_compressor_not_called_without_capacity():
+    from streaming_llm.compressors import CustomCompressor
+    from streaming_llm.compressors.base import PointSet
+
+    compressor = ToldCapacity()
+    heads, rows, dim = 2, 5, HEAD_DIM
+    points = PointSet(torch.randn(heads, rows, dim), torch.randn(heads, rows, dim), torch.ones(heads, rows),
+                      torch.arange(rows).double().expand(heads, rows), torch.ones(heads, rows))
+    tier = CustomCompressor([compressor, compressor]).compress(points, torch.tensor([0, 3]))
+    assert compressor.calls == [(5, 3)]  # head 0 had no room: no call, no rows
+    assert tier.real_counts().tolist() == [0, 3]
+
+
 def test_custom_compressor_errors(token_stream):
     with pytest.raises(ValueError, match="needs a compressor"):
         cache = enable_adms_llm(MODEL, start_size=2, recent_size=4, compressed_budget=8, compressor_type="custom",

@@ -5,7 +5,9 @@ For every registered policy, and for the memory tier wrapped around streaming:
 - valid configs run within their budget: a table row (known valid) with some of its fields
   redrawn from small ranges either raises a ``ValueError`` naming one of the policy's parameters,
   or builds a cache that streams a short sequence through a tiny model and never holds more than
-  its budget after a step;
+  its budget after a step (the largest layer's, which a reallocating policy may move between
+  layers, and the fixed total over layers); ``compressor_type='custom'`` gets a user compressor
+  that is told its capacity;
 - invalid values raise a ``ValueError`` naming the parameter: one field set to a value of the
   wrong type, or an integer far below any allowed range.
 """
@@ -52,6 +54,16 @@ def _value_strategy(annotation) -> st.SearchStrategy:
     return st.nothing()
 
 
+class ChunkMean:
+    """A user compressor (``compressor_type='custom'``) that averages time-ordered chunks into
+    the number of rows it is told it may return."""
+
+    def compress(self, K, V, capacity):
+        chunks = torch.arange(K.shape[0]) * capacity // K.shape[0]
+        means = [(K[chunks == c].mean(0), V[chunks == c].mean(0)) for c in range(capacity)]
+        return torch.stack([k for k, _ in means]), torch.stack([v for _, v in means])
+
+
 def _named(error: ValueError, names) -> bool:
     return any(name in str(error) for name in names)
 
@@ -70,6 +82,8 @@ def test_valid_configs_run_within_budget(tiny_llama, policy, params, data):
         return
     tokens = torch.randint(0, tiny_llama.config.vocab_size, (1, 48), generator=torch.Generator().manual_seed(0))
     with cache_from_config(tiny_llama, config) as cache:
+        if getattr(config, "compressor_type", None) == "custom":
+            cache.compressors = {key: ChunkMean() for key in cache.compressors}
         budget = cache.max_slots()
         kwargs = cache_kwargs(tiny_llama, cache)
         with torch.no_grad():
@@ -77,7 +91,9 @@ def test_valid_configs_run_within_budget(tiny_llama, policy, params, data):
                 logits = tiny_llama(input_ids=tokens[:, begin:begin + 8], **kwargs, use_cache=True).logits
                 assert torch.isfinite(logits).all()
                 if budget is not None:
-                    assert max(cache.cache_tokens()) <= budget
+                    held = cache.cache_tokens()
+                    assert max(held) <= cache.max_slots(), f"a layer holds {max(held)} > {cache.max_slots()}"
+                    assert sum(held) <= budget * len(held), f"{sum(held)} slots > {budget} x {len(held)} layers"
         assert cache.get_seq_length() == tokens.shape[1]
 
 

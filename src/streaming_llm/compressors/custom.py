@@ -7,9 +7,17 @@ capacity. Without further information each output row is taken to stand for ``N 
 ``N`` tokens the inputs represented (so attention adds ``log(N / n')``) and to sit at the mean
 position of the ``i``-th of ``n'`` equal, time-ordered chunks of the inputs. A compressor that
 returns ``(K', V', counts)`` gives each row's token count itself.
+
+The capacity changes while a stream runs (the adaptive controller moves slots between heads,
+and the precision bank takes its share first), so a compressor whose ``compress`` accepts a
+``capacity`` keyword (or ``**kwargs``) is called as ``compress(K, V, capacity=c)``: it is told
+how many rows it may return. It is called only when the rows exceed the capacity. A head whose
+capacity is 0 keeps no compressed rows and its compressor is not called (nothing fits).
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -30,6 +38,7 @@ class CustomCompressor(Compressor):
             if not callable(getattr(compressor, "compress", None)):
                 raise ValueError(f"compressor for KV head {head} must have a compress(K, V) method; got {compressor!r}")
         self.per_head = per_head
+        self.told_capacity = [_accepts_capacity(c.compress) for c in per_head]
 
     def compress(self, points: PointSet, capacity: torch.Tensor) -> PointSet:
         heads = []
@@ -42,9 +51,14 @@ class CustomCompressor(Compressor):
     def _one_head(self, compressor, head: int, points: PointSet, present: torch.Tensor, capacity: int):
         order = torch.argsort(points.positions[head].masked_fill(~present, float("inf")), stable=True)[: int(present.sum())]
         keys, values = points.keys[head, order], points.values[head, order]
-        if keys.shape[0] <= capacity:
-            return keys, values, points.counts[head, order], points.positions[head, order], points.scores[head, order]
-        result = compressor.compress(keys, values)
+        if keys.shape[0] <= capacity or capacity == 0:
+            keep = order if keys.shape[0] <= capacity else order[:0]
+            return (points.keys[head, keep], points.values[head, keep], points.counts[head, keep],
+                    points.positions[head, keep], points.scores[head, keep])
+        if self.told_capacity[head]:
+            result = compressor.compress(keys, values, capacity=capacity)
+        else:
+            result = compressor.compress(keys, values)
         if not isinstance(result, tuple) or len(result) not in (2, 3):
             raise ValueError("custom compressor must return (K', V') or (K', V', counts)")
         new_keys = _as_rows(result[0], "K'", keys.shape[-1]).to(keys)
@@ -61,6 +75,15 @@ class CustomCompressor(Compressor):
         scores = torch.stack([points.scores[head, order][c].sum() for c in chunks])
         counts = (result[2].to(points.counts) if len(result) == 3 else total.expand(rows) / rows).reshape(rows)
         return new_keys, new_values, counts, positions, scores
+
+
+def _accepts_capacity(compress) -> bool:
+    """Whether ``compress`` takes a ``capacity`` keyword (named, or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(compress).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: call it with (K, V) only
+        return False
+    return any(p.name == "capacity" and p.kind is not p.POSITIONAL_ONLY or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def _stack(heads: list, width: int, like: PointSet) -> tuple[PointSet, torch.Tensor]:
