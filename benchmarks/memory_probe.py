@@ -83,10 +83,12 @@ class LayerGuide:
     every other layer recalls the blocks the published mass ranks first (from this forward for
     layers after the guides, from the previous forward for layers before them). Tests whether
     the deep layers' choice (by true attention the needle ranks first only in layers 17-24) would
-    carry the shallow layers that need the needle but do not find it themselves."""
+    carry the shallow layers that need the needle but do not find it themselves. ``followers``: only
+    these layers follow (the others keep their own choice); ``guides_follow``: the guides follow
+    the previous forward's mass too."""
 
-    def __init__(self, cache, first: int, last: int):
-        self.first, self.last = first, last
+    def __init__(self, cache, first: int, last: int, guides_follow: bool = False, followers: range | None = None):
+        self.first, self.last, self.guides_follow, self.followers = first, last, guides_follow, followers
         self.current, self.published = None, None
         for index, layer in enumerate(cache.layers):
             if getattr(layer, "memory", None) is not None:
@@ -98,15 +100,24 @@ class LayerGuide:
                 mass = scores.sum(dim=0)
                 self.current = mass if self.current is None or self.current.shape != mass.shape else self.current + mass
                 if index == self.last - 1:
-                    self.published, self.current = self.current, None
+                    previous, self.published, self.current = self.published, self.current, None
+                    return scores if previous is None or not self.guides_follow else self._follow(scores, previous)
+                if not self.guides_follow:
+                    return scores
+            elif self.followers is not None and index not in self.followers:
                 return scores
-            if self.published is None:
-                return scores
-            n = min(self.published.shape[-1], scores.shape[-1])
-            guided = scores.clone()
-            guided[:, :n] += 1e6 * self.published[:n]  # the guides' ranking first, ties by the layer's own
-            return guided
+            return self._follow(scores, self.published)
         return adjust
+
+    @staticmethod
+    def _follow(scores, published):
+        """``scores`` re-ranked by ``published`` first."""
+        if published is None:
+            return scores
+        n = min(published.shape[-1], scores.shape[-1])
+        guided = scores.clone()
+        guided[:, :n] += 1e6 * published[:n]  # the guides' ranking first, ties by the layer's own
+        return guided
 
 
 def run_name(variant: str, oracle: str | None, guide: str | None = None) -> str:
@@ -115,14 +126,13 @@ def run_name(variant: str, oracle: str | None, guide: str | None = None) -> str:
 
 
 @torch.inference_mode()  # without it every chunk's autograd graph stays alive through the cache: ~2 GB per 8k prompt
-def answer(model, cache, prompt_ids, chunk_size: int, new_tokens: int, stop, trace_span, last_step: bool = False):
+def answer(model, cache, prompt_ids, chunk_size: int, new_tokens: int, stop, trace_span, last_steps: int = 0):
     """Greedy answer with ``cache``; the needle trace after the prompt's last forward (or '').
-    ``last_step``: the prompt's last token is fed alone, as a decode step after the rest."""
+    ``last_steps``: the prompt's last tokens fed one at a time, as decode steps after the rest."""
     cache_arg = cache_kwargs(model, cache)
     ids = torch.tensor([prompt_ids])
-    bounds = list(range(0, ids.shape[1], chunk_size)) + [ids.shape[1]]
-    if last_step and bounds[-2] != ids.shape[1] - 1:
-        bounds.insert(-1, ids.shape[1] - 1)
+    length = ids.shape[1]
+    bounds = sorted({*range(0, length - last_steps, chunk_size), *range(length - last_steps, length), length})
     for begin, end in zip(bounds, bounds[1:]):
         logits = model(input_ids=ids[:, begin:end], **cache_arg, use_cache=True, logits_to_keep=1).logits
     trace = needle_layers(cache, *trace_span) if trace_span else ""
@@ -150,16 +160,19 @@ def main() -> None:
                              "layers FIRST..LAST-1 (one run per range; no range = every layer): tells a selection "
                              "miss from a miss with the needle recalled, and which layers need it")
     parser.add_argument("--guide", nargs="*", metavar="FIRST:LAST",
-                        help="diagnostics: also run each variant with layers FIRST..LAST-1 choosing the blocks of every "
-                             "other layer (LayerGuide), the prompt's last token fed as a decode step")
-    parser.add_argument("--last-step", action="store_true",
-                        help="feed the prompt's last token alone, as a decode step (every run)")
+                        help="diagnostics: run each variant with layers FIRST..LAST-1 choosing the blocks of every "
+                             "other layer (LayerGuide; FIRST:LAST:all = of every layer, the guides too, from the "
+                             "previous forward; FIRST:LAST:A-B = of layers A..B-1 only; one run per range, "
+                             "instead of the unguided run)")
+    parser.add_argument("--last-steps", type=int, default=0,
+                        help="feed the prompt's last N tokens one at a time, as decode steps (every run; "
+                             "--guide runs: at least 1)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer = load_model("smollm2-135m")
     stop = set(stop_token_ids(tokenizer))
     oracles = [None] if args.oracle is None else [None] + (args.oracle or [":"])
-    guides = [None] + (args.guide or [])
+    guides = args.guide or [None]
     runs = [(variant, oracle, guide) for variant in args.variants for oracle in oracles for guide in guides]
     tally = {run_name(*run): 0 for run in runs}
     for haystack in args.haystacks.split(","):
@@ -178,9 +191,11 @@ def main() -> None:
                         if oracle is not None:
                             force_needle_blocks(cache, *needle, slice(*[int(x) if x else None for x in oracle.split(":")]))
                         if guide is not None:
-                            LayerGuide(cache, *map(int, guide.split(":")))
+                            first, last, *follow = guide.split(":")
+                            followers = None if follow in ([], ["all"]) else range(*map(int, follow[0].split("-")))
+                            LayerGuide(cache, int(first), int(last), guides_follow=follow == ["all"], followers=followers)
                         tokens, trace = answer(model, cache, sample.prompt_ids, 256, 8, stop, span,
-                                               last_step=args.last_step or guide is not None)
+                                               last_steps=max(args.last_steps, guide is not None))
                     text = tokenizer.decode(tokens)
                     right = sample.answers[0] in text
                     name = run_name(variant, oracle, guide)
