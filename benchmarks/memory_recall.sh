@@ -66,6 +66,17 @@ long_lane() {  # past the trained positions (the full cache is not run: see abov
   cells passkey 65536 0.5 pioneer-days streaming+memory
 }
 
+atskv_long_lane() {  # issue 17: atskv+memory past 8k
+  local book
+  for book in $BOOKS; do cells passkey 16384 0.5 "$book" atskv+memory; done
+}
+
+others_long_lane() {  # the other +memory policies past 4k
+  local book
+  for book in $BOOKS; do cells passkey 8192 0.5 "$book" h2o+memory adms+memory:enable_dynamic_sink=false; done
+  for book in $BOOKS; do cells passkey 16384 0.5 "$book" h2o+memory; done
+}
+
 placement_lane() {  # InfLLM's one distance for every recalled token against the blocks' own order
   local book
   for book in $BOOKS; do cells passkey 4096 0.5 "$book" streaming+memory:memory_placement=ordered; done
@@ -73,7 +84,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl short depths long placement}; do
+for lane in ${LANES:-ppl short depths long atskv_long others_long placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait
