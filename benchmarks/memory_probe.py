@@ -80,15 +80,16 @@ def force_needle_blocks(cache, first: int, last: int, layers: slice = slice(None
 class LayerGuide:
     """Diagnostics (``--guide FIRST:LAST``): the layers FIRST..LAST-1 select by their own scores and
     publish their attention mass per block, summed over their KV heads, once LAST-1 has scored;
-    every other layer recalls the blocks the published mass ranks first (from this forward for
-    layers after the guides, from the previous forward for layers before them). Tests whether
-    the deep layers' choice (by true attention the needle ranks first only in layers 17-24) would
-    carry the shallow layers that need the needle but do not find it themselves. ``followers``: only
-    these layers follow (the others keep their own choice); ``guides_follow``: the guides follow
-    the previous forward's mass too."""
+    the ``followers`` (by default every other layer) recall the blocks the published mass ranks
+    first: from this forward for layers after the guides, from the previous forward for layers
+    before them and for the guides themselves. Tests whether the deep layers' choice (by true
+    attention the needle ranks first only in layers 17-24) would carry the shallow layers that
+    need the needle but do not find it themselves."""
 
-    def __init__(self, cache, first: int, last: int, guides_follow: bool = False, followers: range | None = None):
-        self.first, self.last, self.guides_follow, self.followers = first, last, guides_follow, followers
+    def __init__(self, cache, first: int, last: int, followers: range | None = None):
+        self.first, self.last = first, last
+        self.followers = followers if followers is not None else [
+            index for index in range(len(cache.layers)) if not first <= index < last]
         self.current, self.published = None, None
         for index, layer in enumerate(cache.layers):
             if getattr(layer, "memory", None) is not None:
@@ -96,17 +97,13 @@ class LayerGuide:
 
     def _adjuster(self, index: int):
         def adjust(scores, store):
+            guide_mass = self.published  # read before the last guide replaces it with this forward's
             if self.first <= index < self.last:
                 mass = scores.sum(dim=0)
                 self.current = mass if self.current is None or self.current.shape != mass.shape else self.current + mass
                 if index == self.last - 1:
-                    previous, self.published, self.current = self.published, self.current, None
-                    return scores if previous is None or not self.guides_follow else self._follow(scores, previous)
-                if not self.guides_follow:
-                    return scores
-            elif self.followers is not None and index not in self.followers:
-                return scores
-            return self._follow(scores, self.published)
+                    self.published, self.current = self.current, None
+            return self._follow(scores, guide_mass) if index in self.followers else scores
         return adjust
 
     @staticmethod
@@ -192,8 +189,9 @@ def main() -> None:
                             force_needle_blocks(cache, *needle, slice(*[int(x) if x else None for x in oracle.split(":")]))
                         if guide is not None:
                             first, last, *follow = guide.split(":")
-                            followers = None if follow in ([], ["all"]) else range(*map(int, follow[0].split("-")))
-                            LayerGuide(cache, int(first), int(last), guides_follow=follow == ["all"], followers=followers)
+                            followers = (None if not follow else range(len(cache.layers)) if follow == ["all"]
+                                         else range(*map(int, follow[0].split("-"))))
+                            LayerGuide(cache, int(first), int(last), followers)
                         tokens, trace = answer(model, cache, sample.prompt_ids, 256, 8, stop, span,
                                                last_steps=max(args.last_steps, guide is not None))
                     text = tokenizer.decode(tokens)
