@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--task", choices=("passkey", "needle"), default="passkey")
     parser.add_argument("--depths", type=float, nargs="+", default=(0.25, 0.5, 0.75))
     parser.add_argument("--samples", type=int, default=1, help="prompts per depth (seeds of the sample index)")
+    parser.add_argument("--first-sample", type=int, default=0,
+                        help="index of the first sample (samples FIRST..FIRST+N-1: a later run adds new prompts)")
     parser.add_argument("--trace", action="store_true", help="print, per layer, the KV heads that recalled the needle")
     parser.add_argument("--oracle", nargs="*", metavar="FIRST:LAST",
                         help="diagnostics: also run each variant with the needle's blocks forced into the recall of "
@@ -160,7 +162,7 @@ def main() -> None:
                         help="diagnostics: run each variant with layers FIRST..LAST-1 choosing the blocks of every "
                              "other layer (LayerGuide; FIRST:LAST:all = of every layer, the guides too, from the "
                              "previous forward; FIRST:LAST:A-B = of layers A..B-1 only; one run per range, "
-                             "instead of the unguided run)")
+                             "instead of the unguided run; 'none' = the unguided run too)")
     parser.add_argument("--last-steps", type=int, default=0,
                         help="feed the prompt's last N tokens one at a time, as decode steps (every run; "
                              "--guide runs: at least 1)")
@@ -169,13 +171,13 @@ def main() -> None:
     model, tokenizer = load_model("smollm2-135m")
     stop = set(stop_token_ids(tokenizer))
     oracles = [None] if args.oracle is None else [None] + (args.oracle or [":"])
-    guides = args.guide or [None]
+    guides = [None if guide == "none" else guide for guide in args.guide or ["none"]]
     runs = [(variant, oracle, guide) for variant in args.variants for oracle in oracles for guide in guides]
     tally = {run_name(*run): 0 for run in runs}
     for haystack in args.haystacks.split(","):
         ids = tokenizer(load_text(haystack), add_special_tokens=False)["input_ids"]
         for depth in args.depths:
-            for index in range(args.samples):
+            for index in range(args.first_sample, args.first_sample + args.samples):
                 sample = build_sample(SyntheticTaskConfig(task=args.task, haystack=haystack), tokenizer, ids,
                                       length=args.length, depth=depth, sample=index, seed=0,
                                       prompt_format=PromptFormat(tokenizer))

@@ -21,10 +21,11 @@ CLI=".venv/bin/streaming-llm"
 mkdir -p "$OUT/logs"
 BOOKS="pioneer-days dragons-blood travels-in-morocco"
 
-cells() {  # cells TASK LENGTH "DEPTHS" BOOK POLICIES...
+cells() {  # cells TASK LENGTH "DEPTHS" BOOK POLICIES...   (SAMPLES prompts per depth, default 1)
   local task=$1 length=$2 depths=$3 book=$4
   shift 4
-  $CLI tasks --quiet --tasks "$task" --haystack "builtin:$book" --lengths "$length" --depths $depths --samples 1 \
+  $CLI tasks --quiet --tasks "$task" --haystack "builtin:$book" --lengths "$length" --depths $depths \
+    --samples "${SAMPLES:-1}" \
     $BYTES --max-new-tokens 12 --output-dir "$OUT/$task-$length-$book" --policies "$@"
 }
 
@@ -57,6 +58,11 @@ depths_lane() {  # the needle at more depths (a second cell per book and policy 
   for book in $BOOKS; do cells needle 4096 "0.25 0.75" "$book" streaming+memory full atskv+memory; done
 }
 
+samples_lane() {  # three prompts per cell (samples 0-2; sample 0's records are reused) where one was not enough
+  local book
+  for book in $BOOKS; do SAMPLES=3 cells needle 4096 "0.25 0.5 0.75" "$book" streaming+memory full; done
+}
+
 long_lane() {  # past the trained positions (the full cache is not run: see above)
   local book
   for book in $BOOKS; do cells passkey 16384 0.5 "$book" streaming+memory; done
@@ -84,7 +90,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl short depths long atskv_long others_long placement}; do
+for lane in ${LANES:-ppl short depths samples long atskv_long others_long placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait

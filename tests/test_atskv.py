@@ -225,11 +225,18 @@ def test_atskv_holds_its_budget_and_fills_it(tiny_llama, token_stream):
 @pytest.mark.parametrize("params,name", [
     (dict(cache_size=0), "cache_size"), (dict(cache_size=4, start_size=4), "cache_size"), (dict(start_size=-1), "start_size"),
     (dict(recent_size=0), "recent_size"), (dict(beta=0.0), "beta"), (dict(beta=True), "beta"), (dict(q_gain=2.0), "q_gain"),
-    (dict(predictor="no/such/file"), "predictor"),
+    (dict(predictor="no/such/file"), "predictor"), (dict(recent_share=0.0), "recent_share"),
+    (dict(recent_share=1.5), "recent_share"),
 ])
 def test_invalid_config_names_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
         make_policy_config("atskv", **params)
+
+
+@pytest.mark.parametrize("share,recent", [(0.5, 498), (0.75, 747), (1.0, 996)])
+def test_sizing_protects_recent_share_of_the_budget(share, recent):
+    sized = make_policy_config("atskv", recent_share=share).sized(1000)
+    assert (sized.cache_size, sized.recent_size) == (1000, recent)
 
 
 def test_atskv_with_memory_sends_evicted_tokens_to_the_passive_store(tiny_llama, token_stream):
