@@ -15,15 +15,27 @@ from pathlib import Path
 
 
 def _records(root: Path) -> list[dict]:
+    """Every tasks and eval record under ``root``; where one retrieval cell (task, length, book,
+    depth, sample, policy label) has records of several job definitions (a parameter the library
+    added later changes the job's key, so a rerun writes a second record), the newest file only."""
+    newest: dict[tuple, tuple[float, dict]] = {}
     out = []
     for path in sorted(root.glob("*/*/*.json")):  # <cell>/records/, <book>/runs/ (not first-grid/)
         try:
             record = json.loads(path.read_text())
         except (json.JSONDecodeError, OSError):
             continue
-        if isinstance(record, dict) and ("ppl" in record or "task" in record):
+        if not isinstance(record, dict):
+            continue
+        if "task" in record:
+            cell = (record["task"], record["length"], _book(record), record["depth"], record.get("sample", 0),
+                    record["label"])
+            written = path.stat().st_mtime
+            if cell not in newest or written >= newest[cell][0]:
+                newest[cell] = (written, record)
+        elif "ppl" in record:
             out.append(record)
-    return out
+    return out + [record for _, record in newest.values()]
 
 
 def _memory_columns(record: dict, forwards_key: str = "memory_recall_forwards") -> tuple[str, str, str]:
