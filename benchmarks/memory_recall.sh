@@ -63,13 +63,19 @@ samples_lane() {  # three prompts per cell (samples 0-2; sample 0's records are 
   for book in $BOOKS; do SAMPLES=3 cells needle 4096 "0.25 0.5 0.75" "$book" streaming+memory full; done
 }
 
+samples_long_lane() {  # the needle at 8k and 16k, depth 0.5, three samples (samples 0-2)
+  local book
+  for book in $BOOKS; do SAMPLES=3 cells needle 8192 0.5 "$book" streaming+memory; done
+  for book in $BOOKS; do SAMPLES=3 cells needle 16384 0.5 "$book" streaming+memory; done
+}
+
 long_lane() {  # past the trained positions (the full cache is not run: see above)
   local book
   for book in $BOOKS; do cells passkey 16384 0.5 "$book" streaming+memory; done
   for book in $BOOKS; do cells passkey 16384 0.5 "$book" "$STREAMING"; done
   for book in $BOOKS; do cells needle 16384 0.5 "$book" streaming+memory "$STREAMING"; done
   cells passkey 32768 0.5 pioneer-days streaming+memory "$STREAMING"
-  cells passkey 65536 0.5 pioneer-days streaming+memory
+  cells passkey 65536 0.5 dragons-blood streaming+memory  # pioneer-days has 59,454 tokens: too short for 64k
 }
 
 atskv_long_lane() {  # issue 17: atskv+memory past 8k
@@ -90,7 +96,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl short depths samples long atskv_long others_long placement}; do
+for lane in ${LANES:-ppl short depths samples samples_long long atskv_long others_long placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait
