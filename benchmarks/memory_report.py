@@ -17,7 +17,9 @@ from pathlib import Path
 def _records(root: Path) -> list[dict]:
     """Every tasks and eval record under ``root``; where one retrieval cell (task, length, book,
     depth, sample, policy label) has records of several job definitions (a parameter the library
-    added later changes the job's key, so a rerun writes a second record), the newest file only."""
+    added later changes the job's key, so a rerun writes a second record), the newest file only
+    (by modification time, which a fresh clone makes equal: then the last by path; the committed
+    records keep one per cell)."""
     newest: dict[tuple, tuple[float, dict]] = {}
     out = []
     for path in sorted(root.glob("*/*/*.json")):  # <cell>/records/, <book>/runs/ (not first-grid/)

@@ -21,7 +21,9 @@ def check_int(name: str, value: Any, minimum: int, maximum: int | None = None, *
     raise ValueError(f"{name} must be an integer {allowed}{' or None' if optional else ''}; got {value!r}")
 
 
-def check_fraction(name: str, value: Any) -> None:
-    """Raise ``ValueError`` unless ``value`` is a number (not a bool) in ``[0, 1]``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
+def check_fraction(name: str, value: Any, *, allow_zero: bool = True) -> None:
+    """Raise ``ValueError`` unless ``value`` is a number (not a bool) in ``[0, 1]`` (``(0, 1]``
+    without ``allow_zero``)."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or not (0.0 <= value <= 1.0 if allow_zero else 0.0 < value <= 1.0):
+        raise ValueError(f"{name} must be a number in {'[0, 1]' if allow_zero else '(0, 1]'}; got {value!r}")

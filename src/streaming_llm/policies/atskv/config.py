@@ -67,9 +67,7 @@ class ATSKVConfig(PolicyConfig):
         check_int("start_size", self.start_size, 0)
         check_int("recent_size", self.recent_size, 1)
         check_int("cache_size", self.cache_size, self.start_size + 1)
-        check_fraction("recent_share", self.recent_share)
-        if self.recent_share == 0:
-            raise ValueError(f"recent_share must be a number in (0, 1]; got {self.recent_share!r}")
+        check_fraction("recent_share", self.recent_share, allow_zero=False)
         if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not self.beta > 0:
             raise ValueError(f"beta must be a number > 0; got {self.beta!r}")
         check_fraction("q_gain", self.q_gain)
