@@ -69,6 +69,17 @@ samples_long_lane() {  # the needle at 8k and 16k, depth 0.5, three samples (sam
   for book in $BOOKS; do SAMPLES=3 cells needle 16384 0.5 "$book" streaming+memory; done
 }
 
+edges_lane() {  # depths 0 and 1 (the ends of the haystack), then 32k on the two other books
+  local book
+  for book in $BOOKS; do SAMPLES=3 cells needle 4096 "0 1" "$book" streaming+memory full; done
+  for book in dragons-blood travels-in-morocco; do cells passkey 32768 0.5 "$book" streaming+memory; done
+}
+
+atskv_needle_lane() {  # issue 17: atskv+memory on the needle past 4k, three samples
+  local book
+  for book in $BOOKS; do SAMPLES=3 cells needle 8192 0.5 "$book" atskv+memory; done
+}
+
 long_lane() {  # past the trained positions (the full cache is not run: see above)
   local book
   for book in $BOOKS; do cells passkey 16384 0.5 "$book" streaming+memory; done
@@ -96,7 +107,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl short depths samples samples_long long atskv_long others_long placement}; do
+for lane in ${LANES:-ppl short depths samples samples_long edges long atskv_long atskv_needle others_long placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait

@@ -175,9 +175,11 @@ def test_train_relevance_command_writes_a_predictor_atskv_runs_with(tiny_model_d
     argv = ["train-relevance", "--collection", collection, "--bounded-cache-size", "48", "--chunk-size", "20", "--model", str(tiny_model_dir), "--texts", "builtin:pioneer-days", "--skip-tokens", "0",
             "--segments-per-text", "3", "--segment-length", "200", "--validation-segments", "1", "--horizon", "16",
             "--recent-size", "16", "--first-decision", "48", "--decision-stride", "16", "--samples-per-segment", "300",
-            "--output", str(out)]
+            "--output", str(out)] + (["--label", "removal"] if collection == "bounded" else [])
     assert main(argv) == 0
     manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["training"]["label"] == ("removal" if collection == "bounded" else "attention")
+    assert ("its removal would make" in manifest["label"]) == (collection == "bounded")
     assert manifest["K"] == 16 and manifest["seed"] == 0 and "validation_auc_mean" in manifest["metrics"]
     assert manifest["training"]["collection"] == collection
     assert ("bounded ATSKV runs" in manifest["label"]) == (collection == "bounded")
@@ -246,3 +248,46 @@ def test_atskv_with_memory_sends_evicted_tokens_to_the_passive_store(tiny_llama,
         assert max(cache.cache_tokens()) <= 32
         assert cache.passive_bytes() > 0
         assert cache.stats["atskv_evicted_by_threshold"] > 0
+
+
+# -- training labels --------------------------------------------------------------------------
+def _full_run(probs: torch.Tensor, values: torch.Tensor):
+    from streaming_llm.policies.atskv.train import FullRun
+
+    return FullRun({0: probs}, {}, {}, {}, {0: values})
+
+
+@pytest.mark.parametrize("label", ["attention", "removal"])
+def test_label_sums_over_the_next_k_queries_of_each_kv_head(label):
+    """Both collections read the label from ``FullRun.label_cumulative``: per KV head, its rows
+    summed over queries, so row ``t + K`` minus row ``t`` is the sum over queries ``t+1..t+K``
+    (a sum over KV heads instead once trained the shipped predictor on the wrong label)."""
+    from streaming_llm.policies.atskv.train import TrainingSpec, future_labels, removal_change
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 40, 40, generator=generator), dim=-1)
+    values = torch.randn(3, 40, 8, generator=generator)
+    run, spec = _full_run(probs, values), TrainingSpec(horizon=8, top_fraction=0.25, label=label)
+    per_query = probs if label == "attention" else removal_change(probs, values)
+    step, positions = 20, torch.arange(4, 12).expand(3, -1)
+    summed = per_query[:, step + 1 : step + 1 + spec.horizon].sum(dim=-2).gather(-1, positions)
+    expected = (summed >= torch.quantile(summed, 0.75, dim=-1, keepdim=True)).float()
+    cumulative = run.label_cumulative(0, label)
+    assert cumulative.shape == probs.shape
+    assert torch.equal(future_labels(cumulative, step, positions, spec), expected)
+    assert not torch.equal(expected[0], expected[1])  # the heads' labels differ: a per-head sum matters
+
+
+def test_removal_change_is_how_far_the_output_moves_without_the_token():
+    from streaming_llm.policies.atskv.train import removal_change
+
+    generator = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(5, 5, generator=generator), dim=-1)
+    values = torch.randn(5, 4, generator=generator)
+    change = removal_change(probs, values)
+    for s in range(5):
+        for i in range(5):
+            kept = probs[s].clone()
+            kept[i] = 0
+            moved = (probs[s] @ values - (kept / kept.sum()) @ values).norm()
+            assert change[s, i] == pytest.approx(float(moved), rel=1e-4, abs=1e-6)

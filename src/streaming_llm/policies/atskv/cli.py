@@ -20,6 +20,7 @@ _HELP = {
     "segment_length": "tokens per full-cache run",
     "validation_segments": "last segments held out for the manifest's metrics",
     "horizon": "K: queries after the decision step whose attention defines the label",
+    "label": "what the next K queries sum: the 'attention' a token receives, or the change its 'removal' makes to the attention output",
     "top_fraction": "share of evictable tokens labelled relevant at each decision step",
     "start_size": "first tokens excluded from the candidates (sinks)",
     "recent_size": "newest tokens excluded from the candidates",
@@ -34,6 +35,9 @@ _HELP = {
 }
 
 
+_CHOICES = {"collection": ("full", "bounded"), "label": ("attention", "removal")}
+
+
 def add_train_relevance_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("train-relevance", help="train ATSKV's relevance predictor from full-cache runs",
                                    description=__doc__)
@@ -41,8 +45,8 @@ def add_train_relevance_parser(subparsers) -> argparse.ArgumentParser:
     for f in fields(TrainingSpec):
         value = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
-        if f.name == "collection":
-            parser.add_argument(flag, choices=("full", "bounded"), default=value, help=f"{_HELP[f.name]} (default {value})")
+        if f.name in _CHOICES:
+            parser.add_argument(flag, choices=_CHOICES[f.name], default=value, help=f"{_HELP[f.name]} (default {value})")
         elif isinstance(value, tuple):
             parser.add_argument(flag, nargs="+", default=list(value), help=f"{_HELP[f.name]} (default {' '.join(value)})")
         else:

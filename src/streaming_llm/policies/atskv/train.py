@@ -6,6 +6,13 @@ queries, ``sum_{s=t+1}^{t+K} Ā^l[s, i]`` (``Ā^l``: the layer's probabilities a
 query heads), is in the top ``top_fraction`` of that sum over the evictable tokens at ``t`` (not
 one of the first ``start_size`` tokens, older than the ``recent_size`` newest).
 
+With ``label="removal"`` the sum is over what removing ``i`` would change in the layer's
+attention output instead of its probability: ``sum_s Ā[s, i] / (1 - Ā[s, i]) · ||v_i - o_s||``, where
+``o_s = sum_j Ā[s, j] v_j``. That is exact for one token dropped from one query's softmax (the
+output becomes ``(o_s - Ā[s, i] v_i) / (1 - Ā[s, i])``); it is computed from the probabilities
+averaged over the query heads sharing a KV head, so it approximates each query head's own change.
+A token that gets attention but whose value is what the others already supply is not relevant.
+
 **Data**: contiguous segments of ``segment_length`` tokens taken after the first ``skip_tokens``
 tokens of each training text; the last ``validation_segments`` segments are held out for the
 manifest's metrics. Everything random (projection, sampling) follows ``seed``.
@@ -49,6 +56,7 @@ class TrainingSpec:
     segment_length: int = 1024
     validation_segments: int = 2
     horizon: int = 64  # K
+    label: str = "attention"  # what the next K queries sum: "attention" received, or "removal": the output change
     top_fraction: float = 0.25
     start_size: int = 4
     recent_size: int = 64
@@ -62,8 +70,12 @@ class TrainingSpec:
     seed: int = 0
 
     def label_text(self) -> str:
-        return (f"token i is relevant in a KV head at decision step t when the attention it receives there from the next K={self.horizon} "
-                f"queries (sum over queries t+1..t+K of the probability averaged over the query heads sharing that KV head) is in the top "
+        summed = ("the attention it receives there from the next K={k} queries (sum over queries t+1..t+K of the probability "
+                  "averaged over the query heads sharing that KV head)" if self.label == "attention" else
+                  "the change its removal would make to the attention output of the next K={k} queries (sum over queries s = "
+                  "t+1..t+K of a/(1-a) ||v_i - o_s||, a the probability averaged over the query heads sharing that KV head, "
+                  "o_s = sum_j a_sj v_j)").format(k=self.horizon)
+        return (f"token i is relevant in a KV head at decision step t when {summed} is in the top "
                 f"{self.top_fraction:.0%} of that sum over the evictable tokens at t (position >= {self.start_size}, "
                 f"older than the {self.recent_size} newest); attention from full-cache runs; features from "
                 f"{'full-cache runs' if self.collection == 'full' else f'bounded ATSKV runs of {self.bounded_cache_size} slots (prior ranking, chunks of {self.chunk_size})'}")
@@ -90,18 +102,20 @@ def _recent_at(probs: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
 
 def layer_samples(probs: torch.Tensor, hidden: torch.Tensor, key_norm: torch.Tensor, value_norm: torch.Tensor,
                   flags: torch.Tensor, spec: TrainingSpec, generator: torch.Generator,
-                  heads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                  heads: int = 1, label_cumulative: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Features ``(S, F)`` and labels ``(S,)`` of one KV head of one layer of one segment (``1 /
     heads`` of the samples); ``probs`` ``(L, L)``, ``hidden`` ``(L, HIDDEN_DIMS)`` projected, norms
-    ``(L,)``, ``flags`` ``(L, 4)``."""
+    ``(L,)``, ``flags`` ``(L, 4)``; ``label_cumulative`` ``(L, L)``: what the label sums, summed over
+    the queries so far (default: the probabilities, the attention label)."""
     length = probs.shape[0]
     cumulative = probs.cumsum(dim=0)
+    label_cumulative = cumulative if label_cumulative is None else label_cumulative
     times = torch.arange(spec.first_decision, length - spec.horizon, spec.decision_stride)
     recent = _recent_at(probs, times)
     features, labels = [], []
     for row, t in enumerate(times.tolist()):
         index = torch.arange(spec.start_size, t - spec.recent_size + 1)
-        labels.append(future_labels(cumulative, t, index, spec))
+        labels.append(future_labels(label_cumulative, t, index, spec))
         features.append(feature_matrix(hidden[index], cumulative[t, index], recent[row, index], probs[t, index],
                                        t - index, index, t + 1, key_norm[index], value_norm[index], flags[index]))
     return _sample(torch.cat(features), torch.cat(labels), spec.samples_per_segment // heads, generator)
@@ -139,12 +153,30 @@ class _AttentionRecorder:
 class FullRun:
     """One full-cache run of a segment: per layer the probabilities per KV head ``(H_kv, L, L)``
     (averaged over the query heads sharing it), the projected inputs to attention
-    ``(L, HIDDEN_DIMS)`` and key/value norms ``(H_kv, L)``."""
+    ``(L, HIDDEN_DIMS)``, key/value norms ``(H_kv, L)`` and the values ``(H_kv, L, D)``."""
 
     probs: dict[int, torch.Tensor]
     hidden: dict[int, torch.Tensor]
     key_norm: dict[int, torch.Tensor]
     value_norm: dict[int, torch.Tensor]
+    values: dict[int, torch.Tensor]
+
+    def label_cumulative(self, layer: int, label: str) -> torch.Tensor:
+        """``(H_kv, L, L)``: what the label sums, per query and token, summed over the queries so far."""
+        probs = self.probs[layer]
+        if label == "attention":
+            return probs.cumsum(dim=-2)
+        return removal_change(probs, self.values[layer]).cumsum(dim=-2)
+
+
+def removal_change(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``(..., L, L)``: how far query ``s``'s attention output moves when token ``i`` alone is removed
+    from its softmax, ``a / (1 - a) · ||v_i - o_s||`` with ``a = probs[s, i]``, ``o_s = probs[s] @ values``.
+    Zero where ``s`` does not attend to ``i``; ``values`` ``(..., L, D)``."""
+    outputs = probs @ values
+    distance = (values.square().sum(-1)[..., None, :] - 2 * outputs @ values.transpose(-1, -2)
+                + outputs.square().sum(-1)[..., :, None]).clamp(min=0).sqrt()
+    return probs / (1 - probs).clamp(min=1e-6) * distance
 
 
 @torch.no_grad()
@@ -167,7 +199,8 @@ def full_run(model, ids: torch.Tensor, projection: torch.Tensor) -> FullRun:
     layers = returned_cache(out).layers
     return FullRun(recorder.probs, {i: h.float() @ projection for i, h in tap.hidden.items()},
                    {i: head_norms(layers[i].keys) for i in recorder.probs},
-                   {i: head_norms(layers[i].values) for i in recorder.probs})
+                   {i: head_norms(layers[i].values) for i in recorder.probs},
+                   {i: layers[i].values[0].float() for i in recorder.probs})
 
 
 def segment_samples(model, ids: torch.Tensor, projection: torch.Tensor, flag_table: torch.Tensor,
@@ -181,15 +214,17 @@ def segment_samples(model, ids: torch.Tensor, projection: torch.Tensor, flag_tab
     samples = []
     for layer in sorted(run.probs):
         heads = range(run.probs[layer].shape[0])
+        label_cumulative = run.label_cumulative(layer, spec.label)
         per_head = [layer_samples(run.probs[layer][h], run.hidden[layer], run.key_norm[layer][h],
-                                  run.value_norm[layer][h], flags, spec, generator, len(heads)) for h in heads]
+                                  run.value_norm[layer][h], flags, spec, generator, len(heads), label_cumulative[h])
+                    for h in heads]
         samples.append((torch.cat([x for x, _ in per_head]), torch.cat([y for _, y in per_head])))
     return samples
 
 
 def future_labels(cumulative: torch.Tensor, step: int, positions: torch.Tensor, spec: TrainingSpec) -> torch.Tensor:
     """The label of the tokens at ``positions`` ``(..., c)`` at decision ``step``: top
-    ``top_fraction`` (per leading row: per KV head) of the attention they get from the next ``K``
+    ``top_fraction`` (per leading row: per KV head) of what the label sums over the next ``K``
     queries of the full run (``cumulative`` ``(..., L, L)``, summed over queries)."""
     later, now = cumulative[..., step + spec.horizon, :], cumulative[..., step, :]
     future = later.gather(-1, positions) - now.gather(-1, positions)
@@ -220,7 +255,7 @@ def bounded_samples(model, ids: torch.Tensor, run: FullRun, projection: torch.Te
         cache.disable()
     samples = []
     for layer in sorted(records):
-        cumulative = run.probs[layer].cumsum(dim=0)
+        cumulative = run.label_cumulative(layer, spec.label)
         kept = [(x.flatten(0, 1), future_labels(cumulative, step, positions.to(cumulative.device), spec).flatten())
                 for step, positions, x in records[layer] if step + spec.horizon < ids.shape[1]]
         samples.append(_sample(torch.cat([k[0] for k in kept]), torch.cat([k[1] for k in kept]),
