@@ -276,6 +276,8 @@ def test_label_sums_over_the_next_k_queries_of_each_kv_head(label):
     assert cumulative.shape == probs.shape
     assert torch.equal(future_labels(cumulative, step, positions, spec), expected)
     assert not torch.equal(expected[0], expected[1])  # the heads' labels differ: a per-head sum matters
+    with pytest.raises(ValueError, match="label must be one of 'attention', 'removal'"):
+        run.label_cumulative(0, "attentoin")
 
 
 def test_removal_change_is_how_far_the_output_moves_without_the_token():

@@ -166,7 +166,9 @@ class FullRun:
         probs = self.probs[layer]
         if label == "attention":
             return probs.cumsum(dim=-2)
-        return removal_change(probs, self.values[layer]).cumsum(dim=-2)
+        if label == "removal":
+            return removal_change(probs, self.values[layer]).cumsum(dim=-2)
+        raise ValueError(f"label must be one of 'attention', 'removal'; got {label!r}")
 
 
 def removal_change(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
