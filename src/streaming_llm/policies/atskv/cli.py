@@ -8,7 +8,7 @@ import logging
 from dataclasses import fields
 
 from ...checks import check_fraction, check_int
-from .train import TrainingSpec, train
+from .train import LABELS, TrainingSpec, train
 
 log = logging.getLogger("streaming_llm.atskv")
 
@@ -35,7 +35,7 @@ _HELP = {
 }
 
 
-_CHOICES = {"collection": ("full", "bounded"), "label": ("attention", "removal")}
+_CHOICES = {"collection": ("full", "bounded"), "label": LABELS}
 
 
 def add_train_relevance_parser(subparsers) -> argparse.ArgumentParser:

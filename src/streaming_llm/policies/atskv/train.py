@@ -42,6 +42,9 @@ from ..scored import per_kv_head
 from .predictor import RelevancePredictor, model_fingerprint
 from .tap import FeatureTap
 
+#: what a label sums over the next K queries (TrainingSpec.label; module docstring)
+LABELS = ("attention", "removal")
+
 #: the baselines scored against the same labels: feature columns that are heuristic scores
 HEURISTICS = {"h2o_accumulated_attention": "attention_accumulated", "tova_last_query": "attention_last",
               "key_norm": "key_norm", "value_norm": "value_norm"}
@@ -101,15 +104,14 @@ def _recent_at(probs: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
 
 
 def layer_samples(probs: torch.Tensor, hidden: torch.Tensor, key_norm: torch.Tensor, value_norm: torch.Tensor,
-                  flags: torch.Tensor, spec: TrainingSpec, generator: torch.Generator,
-                  heads: int = 1, label_cumulative: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  flags: torch.Tensor, label_cumulative: torch.Tensor, spec: TrainingSpec, generator: torch.Generator,
+                  heads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Features ``(S, F)`` and labels ``(S,)`` of one KV head of one layer of one segment (``1 /
     heads`` of the samples); ``probs`` ``(L, L)``, ``hidden`` ``(L, HIDDEN_DIMS)`` projected, norms
     ``(L,)``, ``flags`` ``(L, 4)``; ``label_cumulative`` ``(L, L)``: what the label sums, summed over
-    the queries so far (default: the probabilities, the attention label)."""
+    the queries so far (``FullRun.label_cumulative`` of this KV head)."""
     length = probs.shape[0]
     cumulative = probs.cumsum(dim=0)
-    label_cumulative = cumulative if label_cumulative is None else label_cumulative
     times = torch.arange(spec.first_decision, length - spec.horizon, spec.decision_stride)
     recent = _recent_at(probs, times)
     features, labels = [], []
@@ -168,7 +170,7 @@ class FullRun:
             return probs.cumsum(dim=-2)
         if label == "removal":
             return removal_change(probs, self.values[layer]).cumsum(dim=-2)
-        raise ValueError(f"label must be one of 'attention', 'removal'; got {label!r}")
+        raise ValueError(f"label must be one of {', '.join(map(repr, LABELS))}; got {label!r}")
 
 
 def removal_change(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -218,7 +220,7 @@ def segment_samples(model, ids: torch.Tensor, projection: torch.Tensor, flag_tab
         heads = range(run.probs[layer].shape[0])
         label_cumulative = run.label_cumulative(layer, spec.label)
         per_head = [layer_samples(run.probs[layer][h], run.hidden[layer], run.key_norm[layer][h],
-                                  run.value_norm[layer][h], flags, spec, generator, len(heads), label_cumulative[h])
+                                  run.value_norm[layer][h], flags, label_cumulative[h], spec, generator, len(heads))
                     for h in heads]
         samples.append((torch.cat([x for x, _ in per_head]), torch.cat([y for _, y in per_head])))
     return samples
