@@ -100,6 +100,17 @@ others_long_lane() {  # the other +memory policies past 4k
   for book in $BOOKS; do cells passkey 16384 0.5 "$book" h2o+memory; done
 }
 
+full_8k_lane() {  # the full cache's needle at 8k (its last trained length), the baseline of streaming+memory's 8/9
+  local book
+  for book in $BOOKS; do SAMPLES=3 cells needle 8192 0.5 "$book" full; done
+}
+
+needle_long_lane() {  # the needle at 32k on every book, then the passkey at 64k on the second book long enough
+  local book
+  for book in $BOOKS; do cells needle 32768 0.5 "$book" streaming+memory; done
+  cells passkey 65536 0.5 travels-in-morocco streaming+memory  # 79,064 tokens; pioneer-days is too short
+}
+
 placement_lane() {  # InfLLM's one distance for every recalled token against the blocks' own order
   local book
   for book in $BOOKS; do cells passkey 4096 0.5 "$book" streaming+memory:memory_placement=ordered; done
@@ -107,7 +118,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl short depths samples samples_long edges long atskv_long atskv_needle others_long placement}; do
+for lane in ${LANES:-ppl short depths samples samples_long edges long atskv_long atskv_needle others_long full_8k needle_long placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait
