@@ -111,6 +111,11 @@ needle_long_lane() {  # the needle at 32k on every book, then the passkey at 64k
   cells passkey 65536 0.5 travels-in-morocco streaming+memory  # 79,064 tokens; pioneer-days is too short
 }
 
+needle_64k_lane() {  # the needle at 64k on the two books long enough (pioneer-days holds 59k tokens)
+  local book
+  for book in dragons-blood travels-in-morocco; do cells needle 65536 0.5 "$book" streaming+memory; done
+}
+
 placement_lane() {  # InfLLM's one distance for every recalled token against the blocks' own order
   local book
   for book in $BOOKS; do cells passkey 4096 0.5 "$book" streaming+memory:memory_placement=ordered; done
@@ -118,7 +123,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl short depths samples samples_long edges long atskv_long atskv_needle others_long full_8k needle_long placement}; do
+for lane in ${LANES:-ppl short depths samples samples_long edges long atskv_long atskv_needle others_long full_8k needle_long needle_64k placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait
