@@ -36,6 +36,11 @@ ppl_lane() {
   done
 }
 
+ppl_wikitext_lane() {  # a fourth text, not shipped: WikiText-2's test split (its probe chose the summary, on passkey recall, not PPL)
+  $CLI eval --quiet --text "${WIKITEXT:-../shared/data/wikitext-2-raw/wiki.test.raw}" --num-tokens 16384 --chunk-size 256 \
+    $BYTES --output-dir "$OUT/ppl-16k-wikitext-2" --policy "$STREAMING" streaming+memory
+}
+
 # Retrieval in priority order (one command per policy, so the cells that matter most run first):
 # the default memory at depth 0.5 on every book, then its baselines, then the rest.
 short_lane() {  # 4k and 8k
@@ -123,7 +128,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl short depths samples samples_long edges long atskv_long atskv_needle others_long full_8k needle_long needle_64k placement}; do
+for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle others_long full_8k needle_long needle_64k placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait

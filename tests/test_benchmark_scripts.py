@@ -31,6 +31,7 @@ def _module(path: Path, name: str):
 soak = _module(REPO / "benchmarks" / "soak.py", "soak")
 engines = _module(REPO / "benchmarks" / "peers" / "engines.py", "engines")
 peers = _module(REPO / "benchmarks" / "peers" / "peers.py", "peers")
+distractors = _module(REPO / "benchmarks" / "needle_distractors.py", "needle_distractors")
 
 
 def _sample(tokens, cache, rss, finite=True):
@@ -95,6 +96,30 @@ def test_peer_units_and_table():
     assert "| kvpress-knorm | 0.9 | 2048 | 2.72 | 2.72 | 2.72 |" in text
     with pytest.raises(ValueError, match="--methods: 'nope'"):
         peers.plan(peers.parse_args(["--methods", "nope"]))
+
+
+def test_needle_distractors_count_the_key_word_outside_the_needle_only(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from streaming_llm.tasks import SyntheticTaskConfig, build_sample
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = SyntheticTaskConfig(task="needle")
+    filler = tokenizer(" The cart rolled on along the dusty road." * 60, add_special_tokens=False)["input_ids"]
+
+    def sample_over(opening: str):
+        ids = tokenizer(opening, add_special_tokens=False)["input_ids"] + filler
+        probe = build_sample(config, tokenizer, ids, length=1200, depth=0.5)
+        # A haystack of exactly the filler's length is read whole, from its first token.
+        length = probe.prompt.context_length - len(probe.needle.ids)
+        return build_sample(config, tokenizer, ids[:length], length=1200, depth=0.5)
+
+    word = distractors.KEY_WORD.search(sample_over("").parts.question).group(1)
+    clean = sample_over("")
+    assert word in clean.needle.text  # the needle's own mention is not counted
+    assert distractors.key_word_mentions(clean, tokenizer) == 0
+    planted = sample_over(f"An {word} fell. Two {word.upper()}S rolled.")
+    assert distractors.key_word_mentions(planted, tokenizer) == 2
 
 
 def test_soak_report_of_an_interrupted_run(tmp_path):
