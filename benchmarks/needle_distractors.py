@@ -65,10 +65,10 @@ def main() -> None:
     configs: dict[tuple, dict] = {}
     needle_starts: dict[tuple, int] = {}
     for record in records:
-        scores[cell_key(record)][record["policy"]] = record["score"]
+        scores[cell_key(record)][record["label"]] = record["score"]
         configs[cell_key(record)] = record["task_config"]
         needle_starts[cell_key(record)] = record["needle_start"]
-    policies = sorted({record["policy"] for record in records})
+    policies = sorted({record["label"] for record in records})  # a variant (policy:params) is its own column
     rows, tally = [], defaultdict(lambda: [0.0, 0])  # (policy, mention bucket) -> [answered, cells]
     for key in sorted(scores):
         haystack, length, depth, sample_index, seed = key
