@@ -116,6 +116,12 @@ needle_long_lane() {  # the needle at 32k on every book, then the passkey at 64k
   cells passkey 65536 0.5 travels-in-morocco streaming+memory  # 79,064 tokens; pioneer-days is too short
 }
 
+needle_32k_samples_lane() {  # a second sample (1: "pillow", a word no book uses) at 32k on the two books that missed sample 0
+  local book
+  for book in dragons-blood travels-in-morocco; do SAMPLES=2 cells needle 32768 0.5 "$book" streaming+memory & done
+  wait
+}
+
 needle_64k_lane() {  # the needle at 64k on the two books long enough (pioneer-days holds 59k tokens)
   local book
   for book in dragons-blood travels-in-morocco; do cells needle 65536 0.5 "$book" streaming+memory; done
@@ -143,7 +149,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle others_long full_8k needle_long needle_64k blocks16 placement}; do
+for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle others_long full_8k needle_long needle_32k_samples needle_64k blocks16 placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait
