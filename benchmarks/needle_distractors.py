@@ -13,11 +13,11 @@ outside the needle, and tabulates them next to each policy's score.
 """
 
 import argparse
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
+from memory_report import read_records  # one record per cell and label, the newest
 from streaming_llm.data import load_text
 from streaming_llm.models import load_model
 from streaming_llm.report import write_atomic
@@ -26,24 +26,20 @@ from streaming_llm.tasks import PromptFormat, SyntheticTaskConfig, build_sample
 KEY_WORD = re.compile(r"special magic number for (\w+) mentioned")
 
 
+def key_word(sample) -> str:
+    """The word the needle question asks about."""
+    return KEY_WORD.search(sample.parts.question).group(1)
+
+
 def key_word_mentions(sample, tokenizer) -> int:
     """Mentions of the asked key word (as a word start: "orange", "oranges", "orange-trees") in the
     context outside the needle sentence."""
-    word = KEY_WORD.search(sample.parts.question).group(1)
+    word = key_word(sample)
     start, end = sample.prompt.context_start, sample.prompt.context_end
     ids = sample.prompt_ids
     needle_start, needle_end = start + sample.needle.start, start + sample.needle.end
     text = tokenizer.decode(ids[start:needle_start]) + " " + tokenizer.decode(ids[needle_end:end])
     return len(re.findall(rf"\b{re.escape(word)}", text, flags=re.IGNORECASE))
-
-
-def read_records(folder: Path) -> list[dict]:
-    records = []
-    for path in sorted(folder.glob("needle-*/records/*.json")):
-        record = json.loads(path.read_text())
-        if record.get("task") == "needle":
-            records.append(record)
-    return records
 
 
 def cell_key(record: dict) -> tuple:
@@ -52,12 +48,12 @@ def cell_key(record: dict) -> tuple:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="a results folder holding needle-*/records/*.json")
+    parser.add_argument("folder", type=Path, help="a results folder holding <cell>/records/*.json")
     parser.add_argument("--output", type=Path, help="write the Markdown here (atomically) as well as printing it")
     args = parser.parse_args()
-    records = read_records(args.folder)
+    records = [record for record in read_records(args.folder) if record.get("task") == "needle"]
     if not records:
-        raise SystemExit(f"no needle records under {args.folder}/needle-*/records")
+        raise SystemExit(f"no needle records under {args.folder}")
     _, tokenizer = load_model("smollm2-135m")
     prompt_format = PromptFormat(tokenizer)
     haystacks: dict[str, list[int]] = {}
@@ -80,14 +76,15 @@ def main() -> None:
             raise SystemExit(f"{key}: the rebuilt needle starts at {sample.needle_start}, "
                              f"the record says {needle_starts[key]}")
         mentions = key_word_mentions(sample, tokenizer)
-        word = KEY_WORD.search(sample.parts.question).group(1)
+        word = key_word(sample)
         cells = []
         for policy in policies:
             score = scores[key].get(policy)
             cells.append("–" if score is None else f"{score:g}")
             if score is not None:
-                tally[(policy, min(mentions, 2))][0] += score
-                tally[(policy, min(mentions, 2))][1] += 1
+                bucket = tally[(policy, min(mentions, 2))]
+                bucket[0] += score
+                bucket[1] += 1
         rows.append(f"| {haystack.removeprefix('builtin:')} | {length} | {depth:g} | {sample_index} | {word} | "
                     f"{mentions} | " + " | ".join(cells) + " |")
     lines = [
