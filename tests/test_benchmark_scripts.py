@@ -94,6 +94,8 @@ def test_peer_units_and_table():
     text = peers.table(records, [2048], "cmd")
     assert "| ours | streaming | 0.5 | 2/2 | 2/2 | 2.72 | 1 | 1.00 | 10.0 |" in text
     assert "| kvpress-knorm | 0.9 | 2048 | 2.72 | 2.72 | 2.72 |" in text
+    retrieval_only = peers.table([r for r in records if r["task"] != "ppl"], [2048], "cmd")
+    assert "| ours | streaming | 0.5 | 2/2 | 2/2 | – |" in retrieval_only and "PPL per book" not in retrieval_only
     with pytest.raises(ValueError, match="--methods: 'nope'"):
         peers.plan(peers.parse_args(["--methods", "nope"]))
 

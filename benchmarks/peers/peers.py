@@ -4,7 +4,8 @@ Needle and passkey retrieval (question after a long context) and the perplexity 
 after a compressed context, at each ``--lengths`` and ``--ratios`` (kvpress's
 ``compression_ratio``: the fraction of the context removed; our policies are sized to the same
 kept K/V bytes per layer). Every cell's record goes to ``<output>/runs/`` through the run store
-(atomic, a rerun skips finished cells); ``<output>/peers.md`` is the table of every record there.
+(atomic, a rerun skips finished cells); ``<output>/peers.md`` (``--report-name``) is the table of
+the records there that the arguments select (lengths, ratios, samples, methods).
 
 Set up once with ``bash benchmarks/peers/setup.sh`` (a venv of its own, .venv-peers), then:
 
@@ -178,6 +179,8 @@ def table(records: list[dict[str, Any]], lengths: list[int], command: str) -> st
                   if answer_rows else None)
         lines.append(f"| {rows[0]['side']} | {method} | {ratio:g} | " + " | ".join(cells)
                      + f" | {rss:.0f} | {prefill:.2f} | {'–' if decode is None else f'{decode:.1f}'} |")
+    if not any(r["task"] == "ppl" for r in records):  # e.g. --tasks needle passkey: no per-book table
+        return "\n".join(lines) + "\n"
     lines += ["", "PPL per book (continuation after the compressed context):", "",
               "| method | ratio | length | " + " | ".join(b.split(":")[1] for b in BOOKS) + " |",
               "|---|---|---|" + "---|" * len(BOOKS)]
@@ -207,6 +210,9 @@ def parse_args(argv):
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--report-only", action="store_true",
                         help="write the table of the records already in --output-dir; run nothing")
+    parser.add_argument("--report-name", default="peers.md",
+                        help="file name of the table inside --output-dir, so that tables of different "
+                             "selections of one folder's records (e.g. --samples 1 and 2) sit side by side")
     return parser.parse_args(argv)
 
 
@@ -223,7 +229,7 @@ def main(argv=None) -> int:
     command = "OMP_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=131072 .venv-peers/bin/python benchmarks/peers/peers.py " \
               + shlex.join(argv)
     text = "# Peer benchmark: kvpress and streaming_llm\n\n" + table(records, args.lengths, command)
-    write_atomic(Path(args.output_dir) / "peers.md", text)
+    write_atomic(Path(args.output_dir) / args.report_name, text)
     print(text)
     return 0
 
