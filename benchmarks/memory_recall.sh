@@ -160,6 +160,16 @@ summary8_lane() {
   wait
 }
 
+summary8_long_lane() {  # the rest of the 16k-64k target cells with 8-bit summaries: the passkey, the needle at 64k
+  local book
+  for book in dragons-blood travels-in-morocco; do
+    (cells needle 65536 0.5 "$book" "$SUMMARY8"; cells passkey 65536 0.5 "$book" "$SUMMARY8") &
+  done
+  for book in $BOOKS; do cells passkey 16384 0.5 "$book" "$SUMMARY8"; done
+  for book in $BOOKS; do cells passkey 32768 0.5 "$book" "$SUMMARY8"; done
+  wait
+}
+
 placement_lane() {  # InfLLM's one distance for every recalled token against the blocks' own order
   local book
   for book in $BOOKS; do cells passkey 4096 0.5 "$book" streaming+memory:memory_placement=ordered; done
@@ -167,7 +177,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle others_long full_8k needle_long needle_32k_samples needle_64k blocks16 summary8 placement}; do
+for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle others_long full_8k needle_long needle_32k_samples needle_64k blocks16 summary8 summary8_long placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait
