@@ -23,18 +23,10 @@ from streaming_llm.models import load_model
 from streaming_llm.report import write_atomic
 from streaming_llm.tasks import PromptFormat, SyntheticTaskConfig, build_sample
 
-KEY_WORD = re.compile(r"special magic number for (\w+) mentioned")
-
-
-def key_word(sample) -> str:
-    """The word the needle question asks about."""
-    return KEY_WORD.search(sample.parts.question).group(1)
-
-
 def key_word_mentions(sample, tokenizer) -> int:
     """Mentions of the asked key word (as a word start: "orange", "oranges", "orange-trees") in the
     context outside the needle sentence."""
-    word = key_word(sample)
+    word = sample.key
     start, end = sample.prompt.context_start, sample.prompt.context_end
     ids = sample.prompt_ids
     needle_start, needle_end = start + sample.needle.start, start + sample.needle.end
@@ -76,7 +68,7 @@ def main() -> None:
             raise SystemExit(f"{key}: the rebuilt needle starts at {sample.needle_start}, "
                              f"the record says {needle_starts[key]}")
         mentions = key_word_mentions(sample, tokenizer)
-        word = key_word(sample)
+        word = sample.key
         cells = []
         for policy in policies:
             score = scores[key].get(policy)

@@ -85,6 +85,12 @@ def test_needle_sits_at_the_requested_depth_token_exact(request, haystack, task,
     assert filler == haystack[offset : offset + len(filler)]
     for answer in sample.answers:
         assert answer in "".join(s.text for s in sample.snippets)
+    # The asked word, where the task has one: in the question and in the asked needle only.
+    if task in ("needle", "multikey"):
+        assert f" {sample.key} " in sample.parts.question and f" {sample.key} " in sample.needle.text
+        assert all(f" {sample.key} " not in s.text for s in sample.snippets[1:])
+    else:
+        assert sample.key is None
 
 
 def test_generators_are_deterministic_under_a_seed(tokenizer, haystack):

@@ -82,6 +82,7 @@ class TaskContent:
     answers: tuple[str, ...]
     needles: tuple[str, ...]
     chain: bool = False  # needles[1:] must come after needles[0], in order
+    key: str | None = None  # the word the question asks about (needle, multikey); None where it names none
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class TaskSample:
     snippets: tuple[Snippet, ...]  # snippets[0] is the asked needle
     haystack_offset: int  # first haystack token used, as an index into the haystack ids
     depth_tokens: int  # the needle length in the depth formula (vartrack: the whole chain's tokens)
+    key: str | None = None  # TaskContent.key: lets an analysis find the asked word's other mentions
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -166,6 +168,7 @@ def _needle(rng: random.Random, config: SyntheticTaskConfig) -> TaskContent:
         ),
         answers=(value,),
         needles=(_magic_number_needle(word, value),),
+        key=word,
     )
 
 
@@ -180,6 +183,7 @@ def _multikey(rng: random.Random, config: SyntheticTaskConfig) -> TaskContent:
         ),
         answers=(values[0],),
         needles=tuple(_magic_number_needle(w, v) for w, v in zip(words, values)),
+        key=words[0],
     )
 
 
@@ -315,4 +319,4 @@ def build_sample(
     prompt = fmt.build(content.parts, context)
     snippets = tuple(Snippet(text, tuple(ids), start) for text, ids, start in zip(content.needles, needle_ids, starts))
     return TaskSample(config.task, length, float(depth), sample, seed, content.parts, content.answers, prompt,
-                      snippets, offset, depth_tokens)
+                      snippets, offset, depth_tokens, key=content.key)
