@@ -23,6 +23,7 @@ from streaming_llm.models import load_model
 from streaming_llm.report import write_atomic
 from streaming_llm.tasks import PromptFormat, SyntheticTaskConfig, build_sample
 
+
 def key_word_mentions(sample, tokenizer) -> int:
     """Mentions of the asked key word (as a word start: "orange", "oranges", "orange-trees") in the
     context outside the needle sentence."""
