@@ -85,6 +85,11 @@ atskv_needle_lane() {  # issue 17: atskv+memory on the needle past 4k, three sam
   for book in $BOOKS; do SAMPLES=3 cells needle 8192 0.5 "$book" atskv+memory; done
 }
 
+atskv_needle_long_lane() {  # issue 17: atskv+memory on the needle at 16k, three samples (tenth session)
+  local book
+  for book in $BOOKS; do SAMPLES=3 cells needle 16384 0.5 "$book" atskv+memory; done
+}
+
 long_lane() {  # past the trained positions (the full cache is not run: see above)
   local book
   for book in $BOOKS; do cells passkey 16384 0.5 "$book" streaming+memory; done
@@ -170,6 +175,12 @@ summary8_long_lane() {  # the rest of the 16k-64k target cells with 8-bit summar
   wait
 }
 
+needle_32k_three_lane() {  # three samples per book at 32k, the default and 8-bit summaries (tenth session)
+  local book
+  for book in $BOOKS; do SAMPLES=3 cells needle 32768 0.5 "$book" streaming+memory; done
+  for book in $BOOKS; do SAMPLES=3 cells needle 32768 0.5 "$book" "$SUMMARY8"; done
+}
+
 placement_lane() {  # InfLLM's one distance for every recalled token against the blocks' own order
   local book
   for book in $BOOKS; do cells passkey 4096 0.5 "$book" streaming+memory:memory_placement=ordered; done
@@ -177,7 +188,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle others_long full_8k needle_long needle_32k_samples needle_64k blocks16 summary8 summary8_long placement}; do
+for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle atskv_needle_long others_long full_8k needle_long needle_32k_samples needle_64k blocks16 summary8 summary8_long needle_32k_three placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait
