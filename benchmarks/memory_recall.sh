@@ -90,6 +90,18 @@ atskv_needle_long_lane() {  # issue 17: atskv+memory on the needle at 16k, three
   for book in $BOOKS; do SAMPLES=3 cells needle 16384 0.5 "$book" atskv+memory; done
 }
 
+atskv_needle_32k_lane() {  # issue 17: atskv+memory on the needle at 32k, the default's cells first (tenth session)
+  local book
+  for book in dragons-blood travels-in-morocco; do SAMPLES=2 cells needle 32768 0.5 "$book" atskv+memory; done
+  cells needle 32768 0.5 pioneer-days atskv+memory
+  for book in $BOOKS; do SAMPLES=3 cells needle 32768 0.5 "$book" atskv+memory; done
+}
+
+atskv_passkey_32k_lane() {  # issue 17: atskv+memory on the passkey at 32k (tenth session)
+  local book
+  for book in $BOOKS; do cells passkey 32768 0.5 "$book" atskv+memory; done
+}
+
 long_lane() {  # past the trained positions (the full cache is not run: see above)
   local book
   for book in $BOOKS; do cells passkey 16384 0.5 "$book" streaming+memory; done
@@ -188,7 +200,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle atskv_needle_long others_long full_8k needle_long needle_32k_samples needle_64k blocks16 summary8 summary8_long needle_32k_three placement}; do
+for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle atskv_needle_long atskv_needle_32k atskv_passkey_32k others_long full_8k needle_long needle_32k_samples needle_64k blocks16 summary8 summary8_long needle_32k_three placement}; do
   ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
 done
 wait
