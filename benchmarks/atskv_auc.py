@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -71,7 +73,7 @@ def main() -> None:
     names = list(result["auc_mean_over_layers"])
     lines = [f"# ATSKV predictor AUC on {args.text} (tokens 0..{args.segments * args.segment_length}, never trained on)", "",
              f"Label: {spec.label_text()}.", "",
-             "Command: `OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/atskv_auc.py`", "",
+             f"Command: `OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python {shlex.join(['benchmarks/atskv_auc.py', *sys.argv[1:]])}`", "",
              "| layer | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
              "| mean | " + " | ".join(f"{result['auc_mean_over_layers'][n]:.3f}" for n in names) + " |"]
     for row in rows:
