@@ -24,7 +24,10 @@ BOOKS="pioneer-days dragons-blood travels-in-morocco"
 cells() {  # cells TASK LENGTH "DEPTHS" BOOK POLICIES...   (SAMPLES prompts per depth, default 1)
   local task=$1 length=$2 depths=$3 book=$4
   shift 4
-  $CLI tasks --quiet --tasks "$task" --haystack "builtin:$book" --lengths "$length" --depths $depths \
+  # Lanes share cells (the 32k needle of several lanes, for one): one command at a time per output
+  # folder, so that a cell two lanes ask for runs once and the second command resumes from its record.
+  mkdir -p "$OUT/logs/locks"
+  flock "$OUT/logs/locks/$task-$length-$book.lock" $CLI tasks --quiet --tasks "$task" --haystack "builtin:$book" --lengths "$length" --depths $depths \
     --samples "${SAMPLES:-1}" \
     $BYTES --max-new-tokens 12 --output-dir "$OUT/$task-$length-$book" --policies "$@"
 }
@@ -139,9 +142,15 @@ needle_32k_samples_lane() {  # a second sample (1: "pillow", a word no book uses
   wait
 }
 
-needle_64k_lane() {  # the needle at 64k on the two books long enough (pioneer-days holds 59k tokens)
+BOOKS64=${BOOKS64:-dragons-blood travels-in-morocco}  # the books long enough for 64k (pioneer-days holds 59k tokens)
+needle_64k_lane() {
   local book
-  for book in dragons-blood travels-in-morocco; do cells needle 65536 0.5 "$book" streaming+memory; done
+  for book in $BOOKS64; do cells needle 65536 0.5 "$book" streaming+memory; done
+}
+
+needle_64k_samples_lane() {  # a second sample at 64k (eleventh session; about an hour per cell on a shared core)
+  local book
+  for book in $BOOKS64; do SAMPLES=2 cells needle 65536 0.5 "$book" streaming+memory; done
 }
 
 # Blocks of 16 tokens, 16 recalled (the same 256 recall slots and bytes as the default 64 x 4):
@@ -200,7 +209,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle atskv_needle_long atskv_needle_32k atskv_passkey_32k others_long full_8k needle_long needle_32k_samples needle_64k blocks16 summary8 summary8_long needle_32k_three placement}; do
-  ${lane}_lane > "$OUT/logs/$lane.log" 2>&1 &
+for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle atskv_needle_long atskv_needle_32k atskv_passkey_32k others_long full_8k needle_long needle_32k_samples needle_64k blocks16 summary8 summary8_long needle_32k_three needle_64k_samples placement}; do
+  ${lane}_lane > "$OUT/logs/$lane${LOG_TAG:+-$LOG_TAG}.log" 2>&1 &  # LOG_TAG: two runs of one lane, side by side
 done
 wait

@@ -177,6 +177,51 @@ def test_scoring_with_keys_recalls_the_block_holding_the_current_tokens_key():
         layer.memory.recall(layer, torch.randn(1, 2 * HEADS, 1, DIM), active_slots=5)
 
 
+def sink_and_needle_layer(query_centering: str, recall_blocks: int):
+    """A layer whose store holds a sink-like key (block 2: along the direction every query of the
+    stream shares) and a needle key (block 7: along a direction only the last query adds), each
+    query recalled as the stream goes so the layer sees the stream's queries; returns the layer
+    and the positions of the sink and the needle."""
+    torch.manual_seed(12)
+    tokens, sink, needle = 8 * 12 + 4, 8 * 2 + 1, 8 * 7 + 5
+    keys, values = torch.randn(1, HEADS, tokens, DIM) * 0.1, torch.randn(1, HEADS, tokens, DIM)
+    common, wanted = torch.zeros(DIM), torch.zeros(DIM)
+    common[0], wanted[1] = 3.0, 1.0  # orthogonal, and the shared direction is the stronger one
+    # stored as the last query will meet them: 5 positions away (the recall slots sit just before
+    # the 5 active slots), so that the rotation of the query to that distance lines them up
+    distance = torch.tensor([5])
+    keys[0, :, sink] = 4 * ROPE.shift_keys(common[None, None, None], distance)[0, 0, 0]
+    keys[0, :, needle] = 4 * ROPE.shift_keys(wanted[None, None, None], distance)[0, 0, 0]
+    layer = memory_layer(recent=4, block_size=8, recall_blocks=recall_blocks, query_centering=query_centering)
+
+    def query_at(free: torch.Tensor, position: int) -> torch.Tensor:  # (D,) position-free -> (1, H_q, 1, D) rotated
+        return ROPE.shift_keys(free.expand(2 * HEADS, DIM)[None, :, None, :].contiguous(), torch.tensor([position]))
+
+    for t in range(tokens):
+        layer.update(ROPE.shift_keys(keys[..., t : t + 1, :], torch.tensor([t])), values[..., t : t + 1, :])
+        layer.recall(query_at(common + 0.05 * torch.randn(DIM), t), active_slots=5)
+    layer.update(torch.randn(1, HEADS, 1, DIM), torch.randn(1, HEADS, 1, DIM))
+    layer.recall(query_at(common + wanted, layer.seen_tokens - 1), active_slots=5)
+    return layer, sink, needle
+
+
+def recalled(layer, position: int) -> bool:
+    """Whether every KV head's current selection holds ``position``."""
+    return all(any(bool(block.eq(position).any()) for block in head) for head in layer.memory.selected_positions())
+
+
+def test_centred_queries_recall_the_needle_that_a_sink_like_key_outbids():
+    """query_centering="mean": the plain queries pick the key every query shares; the centred
+    ones, the key only the last query looks for; "split" recalls both with two blocks."""
+    layer, sink, needle = sink_and_needle_layer("none", recall_blocks=1)
+    assert recalled(layer, sink) and not recalled(layer, needle)
+    layer, sink, needle = sink_and_needle_layer("mean", recall_blocks=1)
+    assert recalled(layer, needle) and not recalled(layer, sink)
+    layer, sink, needle = sink_and_needle_layer("split", recall_blocks=2)
+    assert recalled(layer, sink) and recalled(layer, needle)
+    assert [int(head[0][0]) // 8 for head in layer.memory.selected_positions()] == [2] * HEADS  # plain half first
+
+
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_quantized_summary_keeps_every_key_within_half_a_step(bits):
     torch.manual_seed(6)
@@ -340,6 +385,8 @@ def test_equal_memory_counts_the_recall_slots(model):
     ({"select_per": "token"}, "memory_select_per must be one of 'head', 'layer'"),
     ({"query_reduce": "mean"}, "memory_query_reduce must be one of 'sum', 'max'"),
     ({"score_with": "values"}, "memory_score_with must be one of 'queries', 'keys'"),
+    ({"query_centering": "median"}, "memory_query_centering must be one of 'none', 'mean', 'split'"),
+    ({"query_centering": "mean", "score_with": "keys"}, "memory_query_centering centres the scoring queries"),
     ({"summary": "minmax", "block_score": "sum"}, "memory_block_score='sum' needs a summary"),
     ({"placement": "anywhere"}, "memory_placement must be one of"),
     ({"store_dtype": "int4"}, "memory_store_dtype must be one of"),

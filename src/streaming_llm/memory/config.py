@@ -12,6 +12,7 @@ SUMMARIES = ("representative", "minmax", "quantized")
 PLACEMENTS = ("beyond_window", "ordered")
 SELECTIONS = ("head", "layer")
 SCORERS = ("queries", "keys")
+CENTERINGS = ("none", "mean", "split")
 STORE_DTYPES = ("model", "int8")
 
 
@@ -45,6 +46,15 @@ class MemoryConfig:
         What scores the blocks: ``"queries"`` (this forward's last ``score_queries`` queries, at the
         distance the recalled tokens will be placed) or ``"keys"`` (its last ``score_queries`` keys,
         position-free like the stored ones: a content match, the new tokens against the old).
+    query_centering:
+        ``"none"``, or ``"mean"``: the scoring queries minus the mean position-free query this layer
+        has seen over the stream (per query head), so that keys every query attends to (tokens that
+        act as attention sinks inside the store) do not outbid the keys this query looks for. A
+        constant added to every key logit of one query would not change its softmax, so centering
+        the keys would change nothing; centering the queries removes from each key's logit the
+        part ``mean_q . k`` that any query would give it. ``"split"``: half the recall (rounded up) by
+        the queries as they are, the rest by the centred queries, among the blocks not yet chosen.
+        Only with ``score_with="queries"``.
     select_per:
         ``"head"``: each KV head recalls the blocks its own queries score highest; ``"layer"``: the
         scores are summed over the layer's KV heads and every head recalls the same blocks (a block
@@ -75,6 +85,7 @@ class MemoryConfig:
     block_score: Literal["max", "sum"] = "max"
     query_reduce: Literal["sum", "max"] = "sum"
     score_with: Literal["queries", "keys"] = "queries"
+    query_centering: Literal["none", "mean", "split"] = "none"
     select_per: Literal["head", "layer"] = "head"
     placement: Literal["beyond_window", "ordered"] = "beyond_window"
     recall_interval: int = 1
@@ -99,6 +110,10 @@ class MemoryConfig:
         _check_choice("memory_query_reduce", self.query_reduce, QUERY_REDUCES)
         _check_choice("memory_select_per", self.select_per, SELECTIONS)
         _check_choice("memory_score_with", self.score_with, SCORERS)
+        _check_choice("memory_query_centering", self.query_centering, CENTERINGS)
+        if self.query_centering != "none" and self.score_with != "queries":
+            raise ValueError("memory_query_centering centres the scoring queries: it needs memory_score_with='queries'; "
+                             f"got memory_score_with={self.score_with!r}")
         _check_choice("memory_placement", self.placement, PLACEMENTS)
         check_int("memory_recall_interval", self.recall_interval, 1)
         if self.lru_blocks is not None:

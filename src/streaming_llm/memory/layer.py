@@ -146,6 +146,8 @@ class LayerMemory:
         self.summaries = SummaryBank()  # one summary per sealed block, on the active device
         self.lru = DeviceLRU(config.device_blocks)
         self.query_hint: torch.Tensor | None = None  # (H_kv, D) mean position-free query of the last forward
+        self._query_sum: torch.Tensor | None = None  # (H_q, D) float32, position-free queries summed (query_centering)
+        self._query_count = 0
         self._selection: torch.Tensor | None = None
         self._selection_age = 0
         self._offloaded: torch.Tensor | None = None  # (H_kv, P) bool, for rewriting policies
@@ -215,6 +217,8 @@ class LayerMemory:
         config = self.config
         queries = query[..., -config.score_queries :, :]
         self._update_query_hint(queries, layer.seen_tokens)
+        if config.query_centering != "none":
+            self._update_query_mean(query, layer.seen_tokens)
         available = self.store.recallable(layer.seen_tokens)
         if config.recall_blocks == 0 or available == 0:
             return None
@@ -245,6 +249,13 @@ class LayerMemory:
             return
         self.query_hint = self._grouped(self._position_free(queries, seen_tokens)).float().mean(dim=1)
 
+    def _update_query_mean(self, query: torch.Tensor, seen_tokens: int) -> None:
+        """Add every query of this forward (position-free) to the stream's running sum."""
+        free = self._position_free(query, seen_tokens)[0].float()  # (H_q, L, D)
+        total = free.sum(dim=1)
+        self._query_sum = total if self._query_sum is None else self._query_sum + total
+        self._query_count += free.shape[1]
+
     def _position_free(self, vectors: torch.Tensor, seen_tokens: int) -> torch.Tensor:
         """``(1, H, L, D)`` queries or keys of this forward (rotated at positions ``seen - L .. seen - 1``)
         with RoPE undone."""
@@ -252,7 +263,7 @@ class LayerMemory:
         return self.strategy.shift_keys(vectors, -torch.arange(seen_tokens - length, seen_tokens))
 
     def _scoring_vectors(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int,
-                         seen_tokens: int) -> torch.Tensor:
+                         seen_tokens: int, centred: bool = False) -> torch.Tensor:
         """``(H_kv, L, D)`` vectors the summaries are scored with: this forward's last queries,
         rotated so that a position-free key scores as if placed at ``first - 1``, or
         (``score_with="keys"``) its last keys, position-free like the stored ones."""
@@ -260,6 +271,12 @@ class LayerMemory:
             # content against content: both position-free, so the match does not depend on distance
             return self._position_free(current_keys[..., -self.config.score_queries :, :], seen_tokens)[0]
         length = queries.shape[-2]
+        if centred:
+            # centre in position-free space, then rotate each query to its distance from first - 1
+            mean = (self._query_sum / self._query_count).to(queries.dtype)
+            centred = self._position_free(queries, seen_tokens) - mean[None, :, None, :]
+            at_distance = self.strategy.shift_keys(centred, torch.arange(seen_tokens - length, seen_tokens) - (first - 1))
+            return self._grouped(at_distance)
         at_distance = self.strategy.shift_keys(queries, torch.full((length,), -(first - 1), dtype=torch.long))
         return self._grouped(at_distance)
 
@@ -272,20 +289,35 @@ class LayerMemory:
         if self._selection is not None and self._selection_age + 1 < config.recall_interval:
             self._selection_age += 1
             return self._selection
-        vectors = self._scoring_vectors(queries, current_keys, first, seen_tokens)
-        scores = self.summarizer.score(self.summaries.first(available), vectors)  # (H_kv, N)
-        if self.score_adjust is not None:
-            scores = self.score_adjust(scores, self.store)
         k = min(config.recall_blocks, available)
-        if config.select_per == "layer":  # one choice for every KV head: the blocks the heads find together
-            selection = scores.sum(dim=0).topk(k).indices.cpu().expand(scores.shape[0], -1)
+        centring = config.query_centering
+        scores = self._scores(queries, current_keys, first, available, seen_tokens, centring == "mean")
+        if centring == "split":  # the first half by the plain queries, the rest by the centred ones
+            plain = self._top(scores, (k + 1) // 2)
+            centred = self._scores(queries, current_keys, first, available, seen_tokens, True)
+            centred.scatter_(-1, plain.to(centred.device), float("-inf"))
+            selection = torch.cat([plain, self._top(centred, k - plain.shape[-1])], dim=-1)
         else:
-            selection = scores.topk(k, dim=-1).indices.cpu()
+            selection = self._top(scores, k)
         for index in selection.unique().tolist():
             self.store.recalls[index] += 1
         self.counters["recalled_blocks"] += selection.numel()
         self._selection, self._selection_age = selection, 0
         return selection
+
+    def _scores(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int, available: int,
+                seen_tokens: int, centred: bool) -> torch.Tensor:
+        """``(H_kv, N)`` scores of the first ``available`` blocks (see :meth:`_scoring_vectors`)."""
+        vectors = self._scoring_vectors(queries, current_keys, first, seen_tokens, centred)
+        scores = self.summarizer.score(self.summaries.first(available), vectors)
+        return scores if self.score_adjust is None else self.score_adjust(scores, self.store)
+
+    def _top(self, scores: torch.Tensor, k: int) -> torch.Tensor:
+        """Store indices ``(H_kv, k)`` (CPU) of the ``k`` best-scored blocks, per KV head or
+        (``select_per="layer"``) one choice for every KV head: the blocks the heads find together."""
+        if self.config.select_per == "layer":
+            return scores.sum(dim=0).topk(k).indices.cpu().expand(scores.shape[0], -1)
+        return scores.topk(k, dim=-1).indices.cpu()
 
     def selected_positions(self) -> list[list[torch.Tensor]] | None:
         """Per KV head, the original positions ``(bs,)`` of each block the current selection
