@@ -77,6 +77,87 @@ def force_needle_blocks(cache, first: int, last: int, layers: slice = slice(None
             layer.memory.score_adjust = adjust
 
 
+class BlockRanks:
+    """Diagnostics (``--ranks``): at the prompt's last forward, the rank of the needle's best block
+    among every block of the store by several scoring rules, per layer (the best of its KV heads),
+    from the same queries and store; the run itself recalls by its own variant. Rules: the run's
+    summary (``summary``), the exact fp32 keys with the same rule (``exact``: is the summary's
+    precision the miss?), both with the queries centred on the stream's mean query
+    (``*-centred``), only the last 16 queries (``summary-last16``), and the largest share of any
+    one query (``summary-qmax``)."""
+
+    RULES = ("summary", "exact", "summary-centred", "exact-centred", "summary-last16", "summary-qmax")
+
+    def __init__(self, cache):
+        self.memories = [getattr(layer, "memory", None) for layer in cache.layers]
+        self.last = [None] * len(self.memories)
+        self.sums = [None] * len(self.memories)
+        self.counts = [0] * len(self.memories)
+        for index, memory in enumerate(self.memories):
+            if memory is not None:
+                memory.score_observer = self._observer(index)
+
+    def _observer(self, index: int):
+        def observe(query, first, available, seen_tokens):
+            memory = self.memories[index]
+            free = memory._position_free(query, seen_tokens)[0].float().sum(dim=1)
+            self.sums[index] = free if self.sums[index] is None else self.sums[index] + free
+            self.counts[index] += query.shape[-2]
+            self.last[index] = (query, first, available, seen_tokens)
+        return observe
+
+    def ranks(self, first_needle: int, last_needle: int) -> dict[str, str]:
+        """Per rule, one character per layer: the needle block's rank (0 = first; '+' = 10 or
+        more; '.' = no store yet; '-' = the needle is not in a sealed block)."""
+        from streaming_llm.memory.summaries import QuantizedKeys, key_mass
+
+        marks = {rule: [] for rule in self.RULES}
+        for index, memory in enumerate(self.memories):
+            if memory is None or self.last[index] is None:
+                for rule in self.RULES:
+                    marks[rule].append(".")
+                continue
+            query, first, available, seen = self.last[index]
+            config = memory.config
+            queries = query[..., -config.score_queries :, :]
+            mean = self.sums[index] / self.counts[index]
+            store = memory.store
+            inside = torch.stack([((store.positions[i] >= first_needle) & (store.positions[i] < last_needle)).any(dim=-1)
+                                  for i in range(available)], dim=1)  # (H_kv, N)
+            if not bool(inside.any()):
+                for rule in self.RULES:
+                    marks[rule].append("-")
+                continue
+            exact = torch.stack([torch.stack([store.keys[i].head(h, "cpu", torch.float32)[0]
+                                              for h in range(inside.shape[0])]) for i in range(available)])
+
+            def vectors(qs, centred):
+                if centred:
+                    return memory.centred_vectors(qs, mean, first, seen)
+                return memory._scoring_vectors(qs, None, first, seen)
+
+            summaries = memory.summaries.first(available)
+            scores = {
+                "summary": memory.summarizer.score(summaries, vectors(queries, False)),
+                "exact": key_mass(exact, vectors(queries, False), config.block_score, config.query_reduce),
+                "summary-centred": memory.summarizer.score(summaries, vectors(queries, True)),
+                "exact-centred": key_mass(exact, vectors(queries, True), config.block_score, config.query_reduce),
+                "summary-last16": memory.summarizer.score(summaries, vectors(queries[..., -16:, :], False)),
+            }
+            if isinstance(memory.summarizer, QuantizedKeys):
+                scores["summary-qmax"] = QuantizedKeys(memory.summarizer.bits, config.block_score, "max").score(
+                    summaries, vectors(queries, False))
+            for rule in self.RULES:
+                if rule not in scores:
+                    marks[rule].append("?")
+                    continue
+                score = scores[rule].float().cpu()
+                best = score.masked_fill(~inside, float("-inf")).amax(dim=-1, keepdim=True)  # (H_kv, 1)
+                rank = int((score > best).sum(dim=-1).min())
+                marks[rule].append(str(rank) if rank < 10 else "+")
+        return {rule: "".join(chars) for rule, chars in marks.items()}
+
+
 class LayerGuide:
     """Diagnostics (``--guide FIRST:LAST``): the layers FIRST..LAST-1 select by their own scores and
     publish their attention mass per block, summed over their KV heads, once LAST-1 has scored;
@@ -123,7 +204,8 @@ def run_name(variant: str, oracle: str | None, guide: str | None = None) -> str:
 
 
 @torch.inference_mode()  # without it every chunk's autograd graph stays alive through the cache: ~2 GB per 8k prompt
-def answer(model, cache, prompt_ids, chunk_size: int, new_tokens: int, stop, trace_span, last_steps: int = 0):
+def answer(model, cache, prompt_ids, chunk_size: int, new_tokens: int, stop, trace_span, last_steps: int = 0,
+           ranks: BlockRanks | None = None):
     """Greedy answer with ``cache``; the needle trace after the prompt's last forward (or '').
     ``last_steps``: the prompt's last tokens fed one at a time, as decode steps after the rest."""
     cache_arg = cache_kwargs(model, cache)
@@ -133,6 +215,8 @@ def answer(model, cache, prompt_ids, chunk_size: int, new_tokens: int, stop, tra
     for begin, end in zip(bounds, bounds[1:]):
         logits = model(input_ids=ids[:, begin:end], **cache_arg, use_cache=True, logits_to_keep=1).logits
     trace = needle_layers(cache, *trace_span) if trace_span else ""
+    if ranks is not None and trace_span:
+        trace += "".join(f"\n    {rule:16s} {marks}" for rule, marks in ranks.ranks(*trace_span).items())
     tokens = []
     for _ in range(new_tokens):
         token = int(logits[0, -1].argmax())
@@ -154,6 +238,9 @@ def main() -> None:
     parser.add_argument("--first-sample", type=int, default=0,
                         help="index of the first sample (samples FIRST..FIRST+N-1: a later run adds new prompts)")
     parser.add_argument("--trace", action="store_true", help="print, per layer, the KV heads that recalled the needle")
+    parser.add_argument("--ranks", action="store_true",
+                        help="diagnostics (with --trace): per layer, the needle block's rank by several scoring rules "
+                             "at the prompt's last forward (BlockRanks)")
     parser.add_argument("--oracle", nargs="*", metavar="FIRST:LAST",
                         help="diagnostics: also run each variant with the needle's blocks forced into the recall of "
                              "layers FIRST..LAST-1 (one run per range; no range = every layer): tells a selection "
@@ -194,8 +281,9 @@ def main() -> None:
                             followers = (None if not follow else range(len(cache.layers)) if follow == ["all"]
                                          else range(*map(int, follow[0].split("-"))))
                             LayerGuide(cache, int(first), int(last), followers)
+                        ranks = BlockRanks(cache) if args.ranks else None
                         tokens, trace = answer(model, cache, sample.prompt_ids, 256, 8, stop, span,
-                                               last_steps=max(args.last_steps, guide is not None))
+                                               last_steps=max(args.last_steps, guide is not None), ranks=ranks)
                     text = tokenizer.decode(tokens)
                     right = sample.answers[0] in text
                     name = run_name(variant, oracle, guide)

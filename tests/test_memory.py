@@ -142,6 +142,25 @@ def test_score_adjust_overrides_the_summaries_choice():
     assert all(int(head[0][0]) // 8 == forced for head in layer.memory.selected_positions())
 
 
+def test_score_observer_sees_each_forwards_queries_before_the_selection():
+    """The probe's --ranks hook: called with the forward's queries, the oldest active position and
+    the recallable blocks, and it changes nothing."""
+    torch.manual_seed(9)
+    layer = memory_layer(recent=4, block_size=8, recall_blocks=1)
+    feed(layer, torch.randn(1, HEADS, 8 * 6 + 4, DIM), torch.randn(1, HEADS, 8 * 6 + 4, DIM))
+    layer.update(torch.randn(1, HEADS, 1, DIM), torch.randn(1, HEADS, 1, DIM))
+    query = torch.randn(1, 2 * HEADS, 1, DIM)
+    seen = []
+    layer.memory.score_observer = lambda *args: seen.append(args)
+    observed = layer.recall(query, active_slots=5)
+    layer.memory.score_observer = None
+    plain = layer.recall(query, active_slots=5)
+    (got_query, first, available, seen_tokens), = seen
+    assert got_query is query and first == layer.seen_tokens - 5 and seen_tokens == layer.seen_tokens
+    assert available == layer.memory.store.recallable(layer.seen_tokens)
+    assert all(torch.equal(a, b) for a, b in zip(observed, plain))
+
+
 @pytest.mark.parametrize("select_per", ["head", "layer"])
 def test_layer_wide_selection_recalls_one_heads_find_in_every_head(select_per):
     torch.manual_seed(10)

@@ -136,6 +136,9 @@ class LayerMemory:
         # diagnostics only (benchmarks/memory_probe.py --oracle): ``(scores (H_kv, N), store) ->
         # scores`` applied before the top-k, e.g. to force the blocks that hold a known needle
         self.score_adjust = None
+        # diagnostics only (memory_probe.py --ranks): called as ``(query, first, available, seen_tokens)``
+        # with each forward's queries before they score the blocks, to rank the blocks by other rules
+        self.score_observer = None
         self.reset()
 
     def reset(self) -> None:
@@ -225,6 +228,8 @@ class LayerMemory:
         first = layer.seen_tokens - active_slots  # position the oldest active slot is presented at
         if config.score_with == "keys" and current_keys is None:
             raise ValueError("memory_score_with='keys' needs this forward's keys: pass current_keys to recall()")
+        if self.score_observer is not None:
+            self.score_observer(query, first, available, layer.seen_tokens)
         selection = self._select(queries, current_keys, first, available, layer.seen_tokens)
         counts = self.lru.fetch(self.store, selection, query.shape[-1], query.device, layer.dtype)
         for name, value in counts.items():
@@ -272,13 +277,16 @@ class LayerMemory:
             return self._position_free(current_keys[..., -self.config.score_queries :, :], seen_tokens)[0]
         length = queries.shape[-2]
         if centred:
-            # centre in position-free space, then rotate each query to its distance from first - 1
-            mean = (self._query_sum / self._query_count).to(queries.dtype)
-            centred = self._position_free(queries, seen_tokens) - mean[None, :, None, :]
-            at_distance = self.strategy.shift_keys(centred, torch.arange(seen_tokens - length, seen_tokens) - (first - 1))
-            return self._grouped(at_distance)
+            return self.centred_vectors(queries, self._query_sum / self._query_count, first, seen_tokens)
         at_distance = self.strategy.shift_keys(queries, torch.full((length,), -(first - 1), dtype=torch.long))
         return self._grouped(at_distance)
+
+    def centred_vectors(self, queries: torch.Tensor, mean: torch.Tensor, first: int, seen_tokens: int) -> torch.Tensor:
+        """``(H_kv, L, D)``: ``queries`` ``(1, H_q, L, D)`` minus ``mean`` ``(H_q, D)`` (position-free),
+        each then rotated to its distance from ``first - 1``, where the recalled keys are scored."""
+        length = queries.shape[-2]
+        free = self._position_free(queries, seen_tokens) - mean.to(queries.dtype)[None, :, None, :]
+        return self._grouped(self.strategy.shift_keys(free, torch.arange(seen_tokens - length, seen_tokens) - (first - 1)))
 
     def _select(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int, available: int,
                 seen_tokens: int) -> torch.Tensor:
