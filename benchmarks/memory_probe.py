@@ -27,6 +27,7 @@ from streaming_llm.api import cache_from_config
 from streaming_llm.compat import cache_kwargs
 from streaming_llm.data import load_text
 from streaming_llm.evaluation.runs import RunSpec
+from streaming_llm.memory.layer import QueryMean
 from streaming_llm.models import load_model
 from streaming_llm.tasks.prompting import PromptFormat
 from streaming_llm.tasks.runner import stop_token_ids
@@ -91,18 +92,14 @@ class BlockRanks:
     def __init__(self, cache):
         self.memories = [getattr(layer, "memory", None) for layer in cache.layers]
         self.last = [None] * len(self.memories)
-        self.sums = [None] * len(self.memories)
-        self.counts = [0] * len(self.memories)
+        self.means = [QueryMean() for _ in self.memories]
         for index, memory in enumerate(self.memories):
             if memory is not None:
                 memory.score_observer = self._observer(index)
 
     def _observer(self, index: int):
         def observe(query, first, available, seen_tokens):
-            memory = self.memories[index]
-            free = memory._position_free(query, seen_tokens)[0].float().sum(dim=1)
-            self.sums[index] = free if self.sums[index] is None else self.sums[index] + free
-            self.counts[index] += query.shape[-2]
+            self.means[index].add(self.memories[index]._position_free(query, seen_tokens))
             self.last[index] = (query, first, available, seen_tokens)
         return observe
 
@@ -120,7 +117,7 @@ class BlockRanks:
             query, first, available, seen = self.last[index]
             config = memory.config
             queries = query[..., -config.score_queries :, :]
-            mean = self.sums[index] / self.counts[index]
+            mean = self.means[index].mean
             store = memory.store
             inside = torch.stack([((store.positions[i] >= first_needle) & (store.positions[i] < last_needle)).any(dim=-1)
                                   for i in range(available)], dim=1)  # (H_kv, N)

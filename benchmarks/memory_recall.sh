@@ -18,7 +18,7 @@ OUT=${OUT:-docs/results/memory}
 STREAMING="streaming:start_size=4,recent_size=508"
 BYTES="--cache-bytes $STREAMING"
 CLI=".venv/bin/streaming-llm"
-mkdir -p "$OUT/logs"
+mkdir -p "$OUT/logs/locks"  # locks: see cells
 BOOKS="pioneer-days dragons-blood travels-in-morocco"
 
 cells() {  # cells TASK LENGTH "DEPTHS" BOOK POLICIES...   (SAMPLES prompts per depth, default 1)
@@ -26,7 +26,6 @@ cells() {  # cells TASK LENGTH "DEPTHS" BOOK POLICIES...   (SAMPLES prompts per 
   shift 4
   # Lanes share cells (the 32k needle of several lanes, for one): one command at a time per output
   # folder, so that a cell two lanes ask for runs once and the second command resumes from its record.
-  mkdir -p "$OUT/logs/locks"
   flock "$OUT/logs/locks/$task-$length-$book.lock" $CLI tasks --quiet --tasks "$task" --haystack "builtin:$book" --lengths "$length" --depths $depths \
     --samples "${SAMPLES:-1}" \
     $BYTES --max-new-tokens 12 --output-dir "$OUT/$task-$length-$book" --policies "$@"

@@ -127,6 +127,25 @@ class DeviceLRU:
         self.slot_of = [{} for _ in self.slot_of]
 
 
+class QueryMean:
+    """Running mean of a layer's position-free queries over the stream, per query head ``(H_q, D)``
+    float32 (``memory_query_centering``, and the probe's ``--ranks``)."""
+
+    def __init__(self):
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, free_queries: torch.Tensor) -> None:
+        """``free_queries`` ``(1, H_q, L, D)``, RoPE undone."""
+        total = free_queries[0].float().sum(dim=1)
+        self.total = total if self.total is None else self.total + total
+        self.count += free_queries.shape[-2]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / self.count
+
+
 class LayerMemory:
     """Passive store + summaries + device LRU of one layer, re-positioning keys with ``strategy``."""
 
@@ -149,8 +168,7 @@ class LayerMemory:
         self.summaries = SummaryBank()  # one summary per sealed block, on the active device
         self.lru = DeviceLRU(config.device_blocks)
         self.query_hint: torch.Tensor | None = None  # (H_kv, D) mean position-free query of the last forward
-        self._query_sum: torch.Tensor | None = None  # (H_q, D) float32, position-free queries summed (query_centering)
-        self._query_count = 0
+        self.query_mean = QueryMean()  # kept with query_centering only
         self._selection: torch.Tensor | None = None
         self._selection_age = 0
         self._offloaded: torch.Tensor | None = None  # (H_kv, P) bool, for rewriting policies
@@ -221,7 +239,7 @@ class LayerMemory:
         queries = query[..., -config.score_queries :, :]
         self._update_query_hint(queries, layer.seen_tokens)
         if config.query_centering != "none":
-            self._update_query_mean(query, layer.seen_tokens)
+            self.query_mean.add(self._position_free(query, layer.seen_tokens))
         available = self.store.recallable(layer.seen_tokens)
         if config.recall_blocks == 0 or available == 0:
             return None
@@ -254,13 +272,6 @@ class LayerMemory:
             return
         self.query_hint = self._grouped(self._position_free(queries, seen_tokens)).float().mean(dim=1)
 
-    def _update_query_mean(self, query: torch.Tensor, seen_tokens: int) -> None:
-        """Add every query of this forward (position-free) to the stream's running sum."""
-        free = self._position_free(query, seen_tokens)[0].float()  # (H_q, L, D)
-        total = free.sum(dim=1)
-        self._query_sum = total if self._query_sum is None else self._query_sum + total
-        self._query_count += free.shape[1]
-
     def _position_free(self, vectors: torch.Tensor, seen_tokens: int) -> torch.Tensor:
         """``(1, H, L, D)`` queries or keys of this forward (rotated at positions ``seen - L .. seen - 1``)
         with RoPE undone."""
@@ -277,7 +288,7 @@ class LayerMemory:
             return self._position_free(current_keys[..., -self.config.score_queries :, :], seen_tokens)[0]
         length = queries.shape[-2]
         if centred:
-            return self.centred_vectors(queries, self._query_sum / self._query_count, first, seen_tokens)
+            return self.centred_vectors(queries, self.query_mean.mean, first, seen_tokens)
         at_distance = self.strategy.shift_keys(queries, torch.full((length,), -(first - 1), dtype=torch.long))
         return self._grouped(at_distance)
 
