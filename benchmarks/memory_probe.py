@@ -247,6 +247,8 @@ def main() -> None:
                              "other layer (LayerGuide; FIRST:LAST:all = of every layer, the guides too, from the "
                              "previous forward; FIRST:LAST:A-B = of layers A..B-1 only; one run per range, "
                              "instead of the unguided run; 'none' = the unguided run too)")
+    parser.add_argument("--no-plain", action="store_true",
+                        help="with --oracle: leave out the run without forcing (when it was measured before)")
     parser.add_argument("--last-steps", type=int, default=0,
                         help="feed the prompt's last N tokens one at a time, as decode steps (every run; "
                              "--guide runs: at least 1)")
@@ -255,6 +257,10 @@ def main() -> None:
     model, tokenizer = load_model("smollm2-135m")
     stop = set(stop_token_ids(tokenizer))
     oracles = [None] if args.oracle is None else [None] + (args.oracle or [":"])
+    if args.no_plain:
+        if args.oracle is None:
+            parser.error("--no-plain leaves out the unforced run of --oracle: give --oracle")
+        oracles = oracles[1:]
     guides = [None if guide == "none" else guide for guide in args.guide or ["none"]]
     runs = [(variant, oracle, guide) for variant in args.variants for oracle in oracles for guide in guides]
     tally = {run_name(*run): 0 for run in runs}

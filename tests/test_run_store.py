@@ -11,8 +11,8 @@ import os
 import pytest
 
 from streaming_llm.cli import main
-from streaming_llm.evaluation.jobs import Job, StreamSource
-from streaming_llm.evaluation.runs import RunSpec
+from streaming_llm.evaluation.jobs import Job, StreamSource, eval_store
+from streaming_llm.evaluation.runs import RunSpec, compact_definition
 from streaming_llm.runs import RecordError, RunStore, job_key, read_record, replacing, write_atomic
 
 
@@ -23,6 +23,46 @@ def test_job_key_is_stable_and_keeps_the_eval_record_names():
     # the formula records were written under before the run store: their files are still found
     blob = json.dumps(job.definition(), sort_keys=True, default=str).encode()
     assert job.key == f"streaming-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def test_a_key_hashes_only_the_parameters_that_differ_from_the_defaults():
+    def key(spec):
+        return Job(StreamSource(num_tokens=64), RunSpec.parse(spec), equal_memory_to=RunSpec.parse(spec)).key
+
+    # a parameter added later, at its default, must not re-key every earlier record
+    assert key("streaming+memory:recent_size=80") == key("streaming+memory:recent_size=80,memory_query_centering=none")
+    assert key("streaming:recent_size=8") == key("streaming:recent_size=8,start_size=4")
+    assert key("streaming:recent_size=8") != key("streaming:recent_size=8,start_size=2")
+    job = Job(StreamSource(num_tokens=64), RunSpec.parse("streaming+memory:memory_recall_blocks=2"))
+    assert job.definition()["params"] == {"memory_recall_blocks": 2}
+
+
+def _old_form(job: Job) -> tuple[str, dict]:
+    """The key and definition an earlier version filed ``job`` under: every parameter, defaults included."""
+    definition = {**job.definition(), "params": job.spec.config().to_dict()}
+    return job_key(job.spec.policy, definition), definition
+
+
+def test_records_of_the_old_key_form_are_refiled_not_rerun(tmp_path):
+    job = Job(StreamSource(num_tokens=64), RunSpec.parse("streaming+memory:memory_recall_blocks=2"))
+    old_key, old_definition = _old_form(job)
+    assert old_key != job.key and compact_definition(old_definition) == job.definition()
+    store = eval_store(tmp_path)
+    store.save(old_key, {"policy": "streaming+memory", "params": {}, "tokens": 64, "ppl": 3.0, "cache_bytes_max": 1,
+                         "job_key": old_key, "job": old_definition})
+    other = Job(StreamSource(num_tokens=32), RunSpec.parse("streaming"))  # rerun under the new key since: a duplicate
+    other_old_key, other_old_definition = _old_form(other)
+    for key, ppl in ((other_old_key, 5.0), (other.key, 4.0)):
+        store.save(key, {"policy": "streaming", "params": {}, "tokens": 32, "ppl": ppl, "cache_bytes_max": 1,
+                         "job_key": key, "job": other_old_definition if key == other_old_key else other.definition()})
+
+    record, ran = eval_store(tmp_path).get_or_run(job.key, lambda: pytest.fail("a re-filed record is not run again"))
+    assert not ran and record["ppl"] == 3.0 and record["job_key"] == job.key and record["job"] == job.definition()
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted([f"{job.key}.json", f"{other.key}.json"])
+    assert json.loads((tmp_path / f"{other.key}.json").read_text())["ppl"] == 4.0  # the newer record stays
+    # nothing is deleted: the old files are kept out of the reports' *.json
+    assert sorted(p.name for p in (tmp_path / "superseded").iterdir()) == sorted([f"{old_key}.json",
+                                                                                 f"{other_old_key}.json"])
 
 
 def test_atomic_writes_use_unique_temporary_files_and_keep_the_old_content_on_error(tmp_path):

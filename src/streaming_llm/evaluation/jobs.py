@@ -22,7 +22,7 @@ from ..data import DEFAULT_TEXT, tokenize_stream
 from ..models import DEFAULT_MODEL, DTYPES, load_model
 from ..runs import RunStore, job_key
 from ..sizing import cache_bytes_of, size_for_comparison
-from .runs import RunSpec, run_identity, run_perplexity
+from .runs import RunSpec, record_store, run_identity, run_perplexity
 
 log = logging.getLogger("streaming_llm")
 
@@ -109,13 +109,10 @@ class Job:
         """Everything that determines the run's results (labels excluded)."""
         return {
             "source": dataclasses.asdict(self.source),
-            "policy": self.spec.policy,
-            # validated values, so "4" and 4 (CLI vs TOML) name the same run
-            "params": self.spec.config().to_dict(),
+            **self.spec.definition(),
             "settings": dataclasses.asdict(self.settings),
             "cache_bytes": self.cache_bytes,
-            "equal_memory_to": None if self.equal_memory_to is None else {
-                "policy": self.equal_memory_to.policy, "params": self.equal_memory_to.config().to_dict()},
+            "equal_memory_to": None if self.equal_memory_to is None else self.equal_memory_to.definition(),
         }
 
     @property
@@ -217,7 +214,7 @@ RECORD_FIELDS = ("policy", "params", "tokens", "ppl", "cache_bytes_max", "job_ke
 
 def eval_store(runs_dir: str | Path) -> RunStore:
     """Where eval and sweep keep their records: ``runs_dir/<job key>.json``."""
-    return RunStore(runs_dir, RECORD_FIELDS)
+    return record_store(runs_dir, RECORD_FIELDS)
 
 
 def run_or_reuse(job: Job, runs_dir: Path | None, workspace: Workspace, *, force: bool = False,

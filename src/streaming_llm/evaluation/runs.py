@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from ..api import cache_from_config
-from ..policies import PolicyConfig, canonical_name, make_policy_config
-from ..runs import job_key
+from ..policies import PolicyConfig, canonical_name, make_policy_config, non_default_params
+from ..runs import RunStore, job_key
 from .driver import stream
 
 #: Columns of the summary tables, in order.
@@ -53,6 +53,12 @@ class RunSpec:
     def config(self) -> PolicyConfig:
         return make_policy_config(self.policy, **dict(self.params))
 
+    def definition(self) -> dict[str, Any]:
+        """The policy part of a job's definition: the name and the validated parameters (so "4"
+        and 4, CLI and TOML, name the same run) that differ from the defaults (so a parameter added
+        later, at its default, keeps every earlier record's key)."""
+        return {"policy": self.policy, "params": non_default_params(self.policy, self.config().to_dict())}
+
     @property
     def bounded(self) -> bool:
         return self.config().bounded
@@ -60,6 +66,41 @@ class RunSpec:
     def text(self) -> str:
         """The ``NAME:KEY=VALUE,...`` form that :meth:`parse` reads."""
         return self.policy + (":" + ",".join(f"{k}={v}" for k, v in self.params) if self.params else "")
+
+
+def compact_definition(definition: dict[str, Any]) -> dict[str, Any]:
+    """A stored job definition in the current form: the parameters of its policy (and of its
+    ``equal_memory_to``) without those at their defaults (records before the twelfth session
+    hashed every parameter). Idempotent."""
+    compact = _without_defaults(definition)
+    if isinstance(compact.get("equal_memory_to"), dict):
+        compact["equal_memory_to"] = _without_defaults(compact["equal_memory_to"])
+    return compact
+
+
+def _without_defaults(part: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``part`` (``{"policy": ..., "params": {...}, ...}``) with its default parameters left out."""
+    if isinstance(part.get("params"), dict) and "policy" in part:
+        return {**part, "params": non_default_params(part["policy"], part["params"])}
+    return dict(part)
+
+
+def current_key(record: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """``(key, record)`` under which this version files a stored eval, task or benchmark record
+    (its ``job`` in :func:`compact_definition`'s form, its ``job_key`` recomputed), or ``None``
+    without a stored definition. The key's name part is the old key's, up to its last ``-``."""
+    job, key = record.get("job"), record.get("job_key")
+    if not isinstance(job, dict) or not isinstance(key, str) or "-" not in key:
+        return None
+    definition = compact_definition(job)
+    new_key = job_key(key.rsplit("-", 1)[0], definition)
+    return new_key, {**record, "job_key": new_key, "job": definition}
+
+
+def record_store(folder, required) -> RunStore:
+    """The run store of eval, sweep, tasks, benchmark and experiment records: re-files the
+    records of older key forms (:func:`current_key`) instead of running them again."""
+    return RunStore(folder, required, rekey=current_key)
 
 
 def library_versions() -> dict[str, str]:

@@ -36,11 +36,10 @@ import torch
 from ..checks import check_int
 from ..cli_args import memory_for, spelled_out
 from ..data import load_text
-from ..evaluation.runs import RunSpec
+from ..evaluation.runs import RunSpec, record_store
 from ..models import DEFAULT_MODEL
 from ..policies import names_help
 from ..report import console_table
-from ..runs import RunStore
 from ..runs.executors import LocalExecutor, run_units
 from ..tasks.benchmark_cli import BenchmarkItem
 from ..tasks.cli import TaskCell
@@ -285,7 +284,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                          + "; ".join(f"{b.name}: {b.skipped}" for b in benchmarks))
     torch.manual_seed(args.seed)
     output_dir = Path(args.output_dir)
-    records, failures = run_units(units, RunStore(output_dir / "records", RECORD_FIELDS),
+    records, failures = run_units(units, record_store(output_dir / "records", RECORD_FIELDS),
                                   LocalExecutor("experiment", "answer", keep_going=False), force=args.force,
                                   progress=not args.quiet)
     if records:

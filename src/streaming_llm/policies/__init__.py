@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from .adms import ADMSConfig
 from .atskv import ATSKVConfig
 from .base import LayerPolicy, PolicyConfig, SlotRewrite, SlotView
@@ -68,6 +71,21 @@ def get_policy_config_class(policy: str) -> type[PolicyConfig]:
         raise _unknown_policy(policy) from None
 
 
+def non_default_params(policy: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of ``policy`` without those at their default value, compared as JSON (a stored
+    list equals a default tuple). A job's key hashes these, so a parameter added later with a
+    default leaves every earlier record's key as it was. An unknown policy's are returned whole."""
+    try:
+        defaults = get_policy_config_class(policy)().to_dict()
+    except ValueError:
+        return dict(params)
+    return {k: v for k, v in params.items() if k not in defaults or _as_json(v) != _as_json(defaults[k])}
+
+
+def _as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def is_bounded(policy: str) -> bool:
     """Whether ``policy`` keeps its cache within a budget (the full cache does not)."""
     return get_policy_config_class(policy).bounded
@@ -102,5 +120,6 @@ __all__ = [
     "list_policies",
     "make_policy_config",
     "names_help",
+    "non_default_params",
     "policies_on_model_attention",
 ]

@@ -10,6 +10,12 @@ the moment they exist, so a killed command loses only the units in flight.
 Resume rule: a record that exists and is valid is reused (``force`` reruns it); a record that
 cannot be read (truncated, not JSON, missing required fields: written by something else or
 damaged by hand) is reported with a warning naming the file and run again.
+
+Migration: when the form of a definition changes (the key hashes only non-default parameters
+since the twelfth session), a store given ``rekey`` re-files the records an older version wrote:
+at the first key it does not find, each record whose stored definition now has another key is
+saved under that key and its old file moved to ``superseded/``, so a resume reruns nothing that
+was done (:meth:`RunStore.migrate`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -52,12 +59,20 @@ def read_record(path: str | Path, required: Iterable[str] = ()) -> dict[str, Any
     return record
 
 
-class RunStore:
-    """Records of one kind of unit in one folder, by key, checked for ``required`` fields."""
+#: ``rekey(record)``: ``(key, record)`` as the current code files a stored record, or ``None``
+#: when the record carries no definition to key it by.
+Rekey = Callable[[dict[str, Any]], "tuple[str, dict[str, Any]] | None"]
 
-    def __init__(self, folder: str | Path, required: Iterable[str] = ()):
+
+class RunStore:
+    """Records of one kind of unit in one folder, by key, checked for ``required`` fields;
+    with ``rekey``, records filed under an older form of the key are re-filed (see the module)."""
+
+    def __init__(self, folder: str | Path, required: Iterable[str] = (), rekey: Rekey | None = None):
         self.folder = Path(folder)
         self.required = tuple(required)
+        self.rekey = rekey
+        self._migrated = False
 
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.json"
@@ -65,6 +80,8 @@ class RunStore:
     def load(self, key: str) -> dict[str, Any] | None:
         """The valid record of ``key``, or ``None`` when there is none (or it is damaged: warned, to be rerun)."""
         path = self.path(key)
+        if not path.exists() and self.rekey is not None and not self._migrated:
+            self.migrate()
         if not path.exists():
             return None
         try:
@@ -75,6 +92,30 @@ class RunStore:
 
     def save(self, key: str, record: dict[str, Any]) -> None:
         write_json(self.path(key), record)
+
+    def migrate(self) -> int:
+        """Re-file every valid record whose current key (``rekey``) is not its file name: saved
+        under the current key (unless a record is there already: it was rerun since), then the old
+        file moved to ``superseded/`` (kept, not deleted; out of the reports' ``*.json``). Returns
+        the records re-filed."""
+        self._migrated = True
+        refiled = 0
+        for path in sorted(self.folder.glob("*.json")) if self.rekey is not None else ():
+            try:
+                current = self.rekey(read_record(path, self.required))
+            except RecordError:
+                continue  # load() warns about it when its unit asks for it
+            if current is None or current[0] == path.stem:
+                continue
+            key, record = current
+            if not self.path(key).exists():
+                self.save(key, record)
+                refiled += 1
+            superseded = self.folder / "superseded"
+            superseded.mkdir(exist_ok=True)
+            os.replace(path, superseded / path.name)
+            log.info("record %s re-filed as %s (its old file is in %s)", path.name, self.path(key).name, superseded)
+        return refiled
 
     def get_or_run(self, key: str, run: Callable[[], dict[str, Any]], force: bool = False) -> tuple[dict[str, Any], bool]:
         """(record, ran): the stored record of ``key`` (unless ``force``), else ``run()``'s, stored first."""

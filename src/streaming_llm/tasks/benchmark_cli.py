@@ -22,7 +22,7 @@ from typing import Any
 
 from ..cli_args import add_answer_command, answer_plan, answer_words, executor_from_args, run_words, spelled_out
 from ..report import console_table
-from ..runs import RunStore
+from ..evaluation.runs import record_store
 from ..runs.executors import LocalExecutor, run_units
 from .longbench import BENCHMARKS, BenchmarkConfig, BenchmarkExample, encode_example
 from .report import SCORE_COLUMNS, benchmark_scores, write_benchmark_reports
@@ -134,7 +134,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     output_dir = Path(args.output_dir)
     executor = executor_from_args(args, LocalExecutor("benchmark", "example", keep_going=False))
-    records, failures = run_units(items, RunStore(output_dir / "records", RECORD_FIELDS), executor, force=args.force,
+    records, failures = run_units(items, record_store(output_dir / "records", RECORD_FIELDS), executor, force=args.force,
                                   progress=not args.quiet, on_ran=logged)
     if records:
         write_benchmark_reports(output_dir, records, _header(args, bench, records[0]["device"]))

@@ -19,7 +19,7 @@ from ..checks import check_int
 from ..cli_args import add_answer_command, answer_plan, answer_words, executor_from_args, run_words, spelled_out
 from ..data import load_text
 from ..report import console_table
-from ..runs import RunStore
+from ..evaluation.runs import record_store
 from ..runs.executors import LocalExecutor, run_units
 from .prompting import PromptFormat
 from .report import RESULT_COLUMNS, aggregate, write_reports
@@ -134,7 +134,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
     output_dir = Path(args.output_dir)
     executor = executor_from_args(args, LocalExecutor("tasks", "cell", keep_going=False))
-    records, failures = run_units(cells, RunStore(output_dir / "records", RECORD_FIELDS), executor, force=args.force,
+    records, failures = run_units(cells, record_store(output_dir / "records", RECORD_FIELDS), executor, force=args.force,
                                   progress=not args.quiet, on_ran=logged)
     if records:
         device = records[0]["device"]

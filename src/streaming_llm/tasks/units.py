@@ -38,11 +38,10 @@ class Answering:
 
     def definition(self) -> dict[str, Any]:
         return {
-            "label": self.label, "policy": self.spec.policy, "params": self.spec.config().to_dict(),
+            "label": self.label, **self.spec.definition(),
             "model": self.model, "dtype": self.dtype, "device": self.device, "chunk_size": self.chunk_size,
             "cache_bytes": self.cache_bytes,
-            "equal_memory_to": None if self.equal_memory_to is None else {
-                "policy": self.equal_memory_to.policy, "params": self.equal_memory_to.config().to_dict()},
+            "equal_memory_to": None if self.equal_memory_to is None else self.equal_memory_to.definition(),
         }
 
 
