@@ -27,6 +27,7 @@ from streaming_llm.api import cache_from_config
 from streaming_llm.compat import cache_kwargs
 from streaming_llm.data import load_text
 from streaming_llm.evaluation.runs import RunSpec
+from streaming_llm.memory.guide import RecallGuide
 from streaming_llm.memory.layer import QueryMean
 from streaming_llm.models import load_model
 from streaming_llm.tasks.prompting import PromptFormat
@@ -155,44 +156,16 @@ class BlockRanks:
         return {rule: "".join(chars) for rule, chars in marks.items()}
 
 
-class LayerGuide:
-    """Diagnostics (``--guide FIRST:LAST``): the layers FIRST..LAST-1 select by their own scores and
-    publish their attention mass per block, summed over their KV heads, once LAST-1 has scored;
-    the ``followers`` (by default every other layer) recall the blocks the published mass ranks
-    first: from this forward for layers after the guides, from the previous forward for layers
-    before them and for the guides themselves. Tests whether the deep layers' choice (by true
-    attention the needle ranks first only in layers 17-24) would carry the shallow layers that
-    need the needle but do not find it themselves."""
-
-    def __init__(self, cache, first: int, last: int, followers: range | None = None):
-        self.first, self.last = first, last
-        self.followers = followers if followers is not None else [
-            index for index in range(len(cache.layers)) if not first <= index < last]
-        self.current, self.published = None, None
-        for index, layer in enumerate(cache.layers):
-            if getattr(layer, "memory", None) is not None:
-                layer.memory.score_adjust = self._adjuster(index)
-
-    def _adjuster(self, index: int):
-        def adjust(scores, store):
-            guide_mass = self.published  # read before the last guide replaces it with this forward's
-            if self.first <= index < self.last:
-                mass = scores.sum(dim=0)
-                self.current = mass if self.current is None or self.current.shape != mass.shape else self.current + mass
-                if index == self.last - 1:
-                    self.published, self.current = self.current, None
-            return self._follow(scores, guide_mass) if index in self.followers else scores
-        return adjust
-
-    @staticmethod
-    def _follow(scores, published):
-        """``scores`` re-ranked by ``published`` first."""
-        if published is None:
-            return scores
-        n = min(published.shape[-1], scores.shape[-1])
-        guided = scores.clone()
-        guided[:, :n] += 1e6 * published[:n]  # the guides' ranking first, ties by the layer's own
-        return guided
+def layer_guide(cache, first: int, last: int, followers: range | None = None) -> RecallGuide:
+    """Diagnostics (``--guide FIRST:LAST``): the library's :class:`RecallGuide` with layers
+    FIRST..LAST-1 as guides and any ``followers`` (by default every other layer): those after the
+    guides follow this forward's choice, those before them and the guides themselves the previous
+    forward's. ``memory_guide_layers`` is the case where every layer after the guides follows."""
+    followers = followers if followers is not None else [
+        index for index in range(len(cache.layers)) if not first <= index < last]
+    guide = RecallGuide(first, last - 1, followers)
+    guide.attach(cache)
+    return guide
 
 
 def run_name(variant: str, oracle: str | None, guide: str | None = None) -> str:
@@ -244,14 +217,14 @@ def main() -> None:
                              "miss from a miss with the needle recalled, and which layers need it")
     parser.add_argument("--guide", nargs="*", metavar="FIRST:LAST",
                         help="diagnostics: run each variant with layers FIRST..LAST-1 choosing the blocks of every "
-                             "other layer (LayerGuide; FIRST:LAST:all = of every layer, the guides too, from the "
+                             "other layer (RecallGuide; FIRST:LAST:all = of every layer, the guides too, from the "
                              "previous forward; FIRST:LAST:A-B = of layers A..B-1 only; one run per range, "
                              "instead of the unguided run; 'none' = the unguided run too)")
     parser.add_argument("--no-plain", action="store_true",
                         help="with --oracle: leave out the run without forcing (when it was measured before)")
     parser.add_argument("--last-steps", type=int, default=0,
                         help="feed the prompt's last N tokens one at a time, as decode steps (every run; "
-                             "--guide runs: at least 1)")
+                             "--guide runs whose followers include a layer before the last guide: at least 1)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, tokenizer = load_model("smollm2-135m")
@@ -277,16 +250,18 @@ def main() -> None:
                 for variant, oracle, guide in runs:
                     began = time.time()
                     with cache_from_config(model, variant_config(variant)) as cache:
+                        last_steps = args.last_steps
                         if oracle is not None:
                             force_needle_blocks(cache, *needle, slice(*[int(x) if x else None for x in oracle.split(":")]))
                         if guide is not None:
                             first, last, *follow = guide.split(":")
                             followers = (None if not follow else range(len(cache.layers)) if follow == ["all"]
                                          else range(*map(int, follow[0].split("-"))))
-                            LayerGuide(cache, int(first), int(last), followers)
+                            if layer_guide(cache, int(first), int(last), followers).needs_previous_forward:
+                                last_steps = max(last_steps, 1)
                         ranks = BlockRanks(cache) if args.ranks else None
                         tokens, trace = answer(model, cache, sample.prompt_ids, 256, 8, stop, span,
-                                               last_steps=max(args.last_steps, guide is not None), ranks=ranks)
+                                               last_steps=last_steps, ranks=ranks)
                     text = tokenizer.decode(tokens)
                     right = sample.answers[0] in text
                     name = run_name(variant, oracle, guide)

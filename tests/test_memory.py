@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from streaming_llm.cli import main
 from streaming_llm.compat import cache_kwargs
 from streaming_llm.evaluation.runs import RunSpec
 from streaming_llm.memory import LayerMemory, MemoryConfig
+from streaming_llm.memory.guide import RecallGuide
 from streaming_llm.memory.summaries import QuantizedKeys, SummaryBank, key_mass, pack, unpack
 from streaming_llm.policies.streaming import SinksAndRecent
 from streaming_llm.positions import RotateHalfRoPE
@@ -241,6 +243,45 @@ def test_centred_queries_recall_the_needle_that_a_sink_like_key_outbids():
     assert [int(head[0][0]) // 8 for head in layer.memory.selected_positions()] == [2] * HEADS  # plain half first
 
 
+def test_a_guide_layer_chooses_the_recall_of_the_layers_after_it():
+    """memory_guide_layers: a follower whose own queries pick the sink-like block recalls the
+    needle's block once the guide (whose centred queries find it) has scored this forward; before
+    any guide has scored it recalls by its own scores."""
+    guide_layer, _, needle = sink_and_needle_layer("mean", recall_blocks=1)
+    follower, sink, _ = sink_and_needle_layer("none", recall_blocks=1)  # the same stream, plain queries
+    assert recalled(guide_layer, needle) and recalled(follower, sink) and not recalled(follower, needle)
+    guide = RecallGuide(0, 0, followers=[1])
+    guide.attach(SimpleNamespace(layers=[guide_layer, follower]))
+    assert not guide.needs_previous_forward
+
+    def next_forward(layer):  # one more token, queried as the stream's last query was
+        layer.update(torch.randn(1, HEADS, 1, DIM), torch.randn(1, HEADS, 1, DIM))
+        free = torch.zeros(DIM)
+        free[0], free[1] = 3.0, 1.0  # the shared direction plus the needle's
+        query = ROPE.shift_keys(free.expand(2 * HEADS, DIM)[None, :, None, :].contiguous(),
+                                torch.tensor([layer.seen_tokens - 1]))
+        layer.recall(query, active_slots=5)
+
+    next_forward(follower)  # no guide has scored yet: its own choice
+    assert recalled(follower, sink)
+    next_forward(guide_layer)
+    next_forward(follower)
+    assert recalled(follower, needle) and not recalled(follower, sink)
+
+
+def test_guide_layers_run_on_a_model_and_followers_recall_alike_in_every_head(model, token_stream):
+    memory = {**MEMORY, "guide_layers": "0-0"}
+    with make_cache(model, "streaming", start_size=4, recent_size=28, memory=memory) as cache:
+        logits = stream(model, cache, token_stream[:, :150], chunk=7)
+        guide, follower = (layer.memory for layer in cache.layers)
+        assert guide.guide is follower.guide and guide.guide.followers == {1} and torch.isfinite(logits).all()
+        published = guide.guide.published
+        expected = published.topk(MEMORY["recall_blocks"]).indices.sort().values
+        assert all(torch.equal(row.sort().values, expected) for row in follower._selection)
+    with make_cache(model, "streaming", start_size=4, recent_size=28, memory=MEMORY) as cache:
+        assert all(layer.memory.guide is None for layer in cache.layers)
+
+
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_quantized_summary_keeps_every_key_within_half_a_step(bits):
     torch.manual_seed(6)
@@ -411,10 +452,20 @@ def test_equal_memory_counts_the_recall_slots(model):
     ({"store_dtype": "int4"}, "memory_store_dtype must be one of"),
     ({"lru_blocks": 1, "recall_blocks": 2}, "memory_lru_blocks must be an integer >= 2"),
     ({"blocks": 3}, "unknown memory parameter"),
+    ({"guide_layers": "13"}, "memory_guide_layers must be 'FIRST-LAST'"),
+    ({"guide_layers": "1-0"}, "memory_guide_layers must be 'FIRST-LAST'"),
+    ({"guide_layers": "0-0", "query_centering": "split"}, "memory_query_centering='split' scores twice"),
+    ({"guide_layers": "0-1", "block_size": 8}, "must end before the model's last layer with memory .layer 1."),
 ])
 def test_bad_memory_parameters_are_named(model, memory, match):
     with pytest.raises(ValueError, match=match):
         make_cache(model, "streaming", start_size=4, recent_size=28, memory=memory)
+
+
+def test_guide_layers_need_a_policy_that_evicts_alike_in_every_layer():
+    with pytest.raises(ValueError, match="'h2o' evicts by per-layer scores; allowed with: sliding_window, streaming"):
+        make_policy_config("h2o+memory", memory_guide_layers="0-0")
+    make_policy_config("sliding_window+memory", window_size=64, memory_guide_layers="0-0")
 
 
 def test_memory_needs_a_bounded_policy():

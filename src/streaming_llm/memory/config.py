@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..checks import check_int
+from .guide import parse_layer_range
 from .summaries import BLOCK_SCORES, QUERY_REDUCES, SUMMARY_BITS
 
 SUMMARIES = ("representative", "minmax", "quantized")
@@ -75,6 +76,11 @@ class MemoryConfig:
         ``"model"`` (the model's dtype) or ``"int8"`` (per-token absmax int8 rows plus one scale each).
     score_queries:
         Queries per KV head group a prefill chunk scores blocks with: its last ``score_queries`` (>= 1).
+    guide_layers:
+        ``None``, or ``"FIRST-LAST"`` (0-based, inclusive): those layers choose the recall of every
+        layer after them, which recall the blocks the guides' summed scores rank first (see
+        :mod:`.guide`). Must end before the model's last layer; only for policies that evict alike
+        in every layer and head (streaming, sliding_window), and not with ``query_centering="split"``.
     """
 
     block_size: int = 64
@@ -93,6 +99,7 @@ class MemoryConfig:
     passive_blocks: int | None = None
     store_dtype: Literal["model", "int8"] = "model"
     score_queries: int = 64
+    guide_layers: str | None = None
 
     def __post_init__(self) -> None:
         check_int("memory_block_size", self.block_size, 1)
@@ -127,6 +134,11 @@ class MemoryConfig:
                 )
         _check_choice("memory_store_dtype", self.store_dtype, STORE_DTYPES)
         check_int("memory_score_queries", self.score_queries, 1)
+        if self.guide_layers is not None:
+            parse_layer_range("memory_guide_layers", self.guide_layers)
+            if self.query_centering == "split":
+                raise ValueError("memory_guide_layers sums one score per block and layer; memory_query_centering='split' "
+                                 "scores twice: use 'none' or 'mean' with it")
 
     @property
     def device_blocks(self) -> int:

@@ -158,6 +158,9 @@ class LayerMemory:
         # diagnostics only (memory_probe.py --ranks): called as ``(query, first, available, seen_tokens)``
         # with each forward's queries before they score the blocks, to rank the blocks by other rules
         self.score_observer = None
+        # memory_guide_layers: the cache's shared RecallGuide and this layer's index (attach_memory)
+        self.guide = None
+        self.layer_index: int | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -173,6 +176,8 @@ class LayerMemory:
         self._selection_age = 0
         self._offloaded: torch.Tensor | None = None  # (H_kv, P) bool, for rewriting policies
         self.kv_heads: int | None = None  # known from the first offload
+        if self.guide is not None:
+            self.guide.reset()
         self.counters = {"offloaded_slots": 0, "recall_forwards": 0, "recalled_blocks": 0, "lru_hits": 0,
                          "lru_misses": 0, "bytes_moved": 0, "dropped_blocks": 0}
 
@@ -329,7 +334,9 @@ class LayerMemory:
         """``(H_kv, N)`` scores of the first ``available`` blocks (see :meth:`_scoring_vectors`)."""
         vectors = self._scoring_vectors(queries, current_keys, first, seen_tokens, centred)
         scores = self.summarizer.score(self.summaries.first(available), vectors)
-        return scores if self.score_adjust is None else self.score_adjust(scores, self.store)
+        if self.score_adjust is not None:
+            scores = self.score_adjust(scores, self.store)
+        return scores if self.guide is None else self.guide.adjust(self.layer_index, scores)
 
     def _top(self, scores: torch.Tensor, k: int) -> torch.Tensor:
         """Store indices ``(H_kv, k)`` (CPU) of the ``k`` best-scored blocks, per KV head or

@@ -24,6 +24,7 @@ import typing
 from ..protocol import POSITION_BYTES
 from ..positions import UnsupportedModelError
 from .config import MemoryConfig
+from .guide import RecallGuide, parse_layer_range
 from .layer import LayerMemory
 
 SUFFIX = "+memory"
@@ -49,6 +50,10 @@ class MemoryWrapped:
         if memory.block_size > budget:
             raise ValueError(f"memory_block_size={memory.block_size} is larger than the policy's budget of "
                              f"{budget} slots; allowed: 1 .. {budget}")
+        if memory.guide_layers is not None and not self.inner_class.evicts_alike_in_every_layer:
+            alike = sorted(name for name, cls in _registry().items() if cls.evicts_alike_in_every_layer)
+            raise ValueError(f"memory_guide_layers needs block i to hold the same tokens in every layer, but "
+                             f"{self.inner_class.name!r} evicts by per-layer scores; allowed with: {', '.join(alike)}")
 
     @staticmethod
     def recall_slot_bytes(geometry) -> int:
@@ -98,6 +103,10 @@ def with_memory(config_class: type) -> type:
     return cls
 
 
+def _registry() -> dict[str, type]:
+    return sys.modules["streaming_llm.policies"].REGISTRY
+
+
 def _rebuild(name: str, params: dict):
     """Unpickle a wrapped config (Ray workers): its class is built on demand, so rebuild by name.
     ``streaming_llm.policies`` is loaded whenever this package is (``streaming_llm`` imports it)."""
@@ -137,6 +146,18 @@ def attach_memory(cache, layout) -> None:
                 "input): use the policy without memory"
             )
         cache.layers[index].memory = LayerMemory(memory, strategies[index])
+    if memory.guide_layers is not None:
+        attach_guide(cache, layout, memory.guide_layers)
+
+
+def attach_guide(cache, layout, guide_layers: str) -> None:
+    """One :class:`RecallGuide` for ``cache``: the layers of ``guide_layers`` guide every governed layer after them."""
+    first, last = parse_layer_range("memory_guide_layers", guide_layers)
+    governed = list(layout.governed_layers())
+    if last >= max(governed):
+        raise ValueError(f"memory_guide_layers={guide_layers!r} must end before the model's last layer with memory "
+                         f"(layer {max(governed)}) so that some layer follows; allowed: 0 <= FIRST <= LAST < {max(governed)}")
+    RecallGuide(first, last, [index for index in governed if index > last]).attach(cache)
 
 
 def passive_bytes(cache) -> int:

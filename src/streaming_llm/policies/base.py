@@ -90,6 +90,9 @@ class PolicyConfig:
     size_fields: ClassVar[tuple[str, ...]] = ()
     #: Fields that tell runs apart in a legend, in order, with their short names ("" = value alone).
     label_fields: ClassVar[dict[str, str]] = {}
+    #: Whether every layer and KV head evicts the same positions (no per-layer scores), so that a
+    #: memory block holds the same tokens in every layer (``memory_guide_layers`` needs it).
+    evicts_alike_in_every_layer: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

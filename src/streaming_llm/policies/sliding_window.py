@@ -26,6 +26,7 @@ class SlidingWindowConfig(PolicyConfig):
     name: ClassVar[str] = "sliding_window"
     size_fields: ClassVar[tuple[str, ...]] = ("window_size",)
     label_fields: ClassVar[dict[str, str]] = {"window_size": "window"}
+    evicts_alike_in_every_layer: ClassVar[bool] = True
 
     def validate(self) -> None:
         check_int("window_size", self.window_size, 1)

@@ -68,6 +68,7 @@ class StreamingConfig(PolicyConfig):
     name: ClassVar[str] = "streaming"
     size_fields: ClassVar[tuple[str, ...]] = ("start_size", "recent_size")
     label_fields: ClassVar[dict[str, str]] = {"start_size": "sink", "recent_size": "recent"}
+    evicts_alike_in_every_layer: ClassVar[bool] = True
 
     def validate(self) -> None:
         check_int("start_size", self.start_size, 0)
