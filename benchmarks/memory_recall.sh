@@ -195,6 +195,19 @@ summary8_long_lane() {  # the rest of the 16k-64k target cells with 8-bit summar
   wait
 }
 
+# Layers 13-18 choose the recall of layers 19-29, each chunk scoring with its last query only: on the
+# 32k dev set (the three books' tails) it answered 3/3 where the default answered 1/3 (twelfth
+# session, docs/results/memory/README.md). The 16k-64k target cells, the 32k needle first.
+GUIDED="streaming+memory:memory_score_queries=1,memory_guide_layers=13-18"
+guided_lane() {
+  local book
+  for book in $BOOKS; do SAMPLES=3 cells needle 32768 0.5 "$book" "$GUIDED"; done
+  for book in $BOOKS; do SAMPLES=3 cells needle 16384 0.5 "$book" "$GUIDED"; done
+  for book in $BOOKS; do cells passkey 16384 0.5 "$book" "$GUIDED"; cells passkey 32768 0.5 "$book" "$GUIDED"; done
+  for book in $BOOKS64; do SAMPLES=2 cells needle 65536 0.5 "$book" "$GUIDED"; cells passkey 65536 0.5 "$book" "$GUIDED"; done
+  for book in $BOOKS; do SAMPLES=3 cells needle 8192 0.5 "$book" "$GUIDED"; done  # the up-to-8k target
+}
+
 needle_32k_three_lane() {  # three samples per book at 32k, the default and 8-bit summaries (tenth session)
   local book
   for book in $BOOKS; do SAMPLES=3 cells needle 32768 0.5 "$book" streaming+memory; done
@@ -208,7 +221,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle atskv_needle_long atskv_needle_32k atskv_passkey_32k others_long full_8k needle_long needle_32k_samples needle_64k blocks16 summary8 summary8_long needle_32k_three needle_64k_samples placement}; do
+for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle atskv_needle_long atskv_needle_32k atskv_passkey_32k others_long full_8k needle_long needle_32k_samples needle_64k blocks16 summary8 summary8_long needle_32k_three needle_64k_samples placement guided}; do
   ${lane}_lane > "$OUT/logs/$lane${LOG_TAG:+-$LOG_TAG}.log" 2>&1 &  # LOG_TAG: two runs of one lane, side by side
 done
 wait
