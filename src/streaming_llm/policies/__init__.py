@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -76,10 +77,17 @@ def non_default_params(policy: str, params: dict[str, Any]) -> dict[str, Any]:
     list equals a default tuple). A job's key hashes these, so a parameter added later with a
     default leaves every earlier record's key as it was. An unknown policy's are returned whole."""
     try:
-        defaults = get_policy_config_class(policy)().to_dict()
+        defaults = _default_params_as_json(policy)
     except ValueError:
         return dict(params)
-    return {k: v for k, v in params.items() if k not in defaults or _as_json(v) != _as_json(defaults[k])}
+    return {k: v for k, v in params.items() if k not in defaults or _as_json(v) != defaults[k]}
+
+
+@functools.cache
+def _default_params_as_json(policy: str) -> dict[str, str]:
+    """Each default parameter of ``policy`` as JSON, built once: a job's key is read for every
+    unit, several times, and a default config validates (a memory wrapper builds its layer rule)."""
+    return {k: _as_json(v) for k, v in get_policy_config_class(policy)().to_dict().items()}
 
 
 def _as_json(value: Any) -> str:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..cli_args import add_answer_command, answer_plan, answer_words, executor_from_args, run_words, spelled_out
-from ..report import console_table
 from ..evaluation.runs import record_store
+from ..report import console_table
 from ..runs.executors import LocalExecutor, run_units
 from .longbench import BENCHMARKS, BenchmarkConfig, BenchmarkExample, encode_example
 from .report import SCORE_COLUMNS, benchmark_scores, write_benchmark_reports

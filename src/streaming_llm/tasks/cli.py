@@ -18,8 +18,8 @@ from typing import Any
 from ..checks import check_int
 from ..cli_args import add_answer_command, answer_plan, answer_words, executor_from_args, run_words, spelled_out
 from ..data import load_text
-from ..report import console_table
 from ..evaluation.runs import record_store
+from ..report import console_table
 from ..runs.executors import LocalExecutor, run_units
 from .prompting import PromptFormat
 from .report import RESULT_COLUMNS, aggregate, write_reports
