@@ -131,7 +131,7 @@ class BlockRanks:
 
             def vectors(qs, centred):
                 if centred:
-                    return memory.centred_vectors(qs, mean, first, seen)
+                    return memory.centred_vectors(memory._position_free(qs, seen), mean, first, seen)
                 return memory._scoring_vectors(qs, None, first, seen)
 
             summaries = memory.summaries.first(available)

@@ -19,7 +19,7 @@ STREAMING="streaming:start_size=4,recent_size=508"
 BYTES="--cache-bytes $STREAMING"
 CLI=".venv/bin/streaming-llm"
 mkdir -p "$OUT/logs/locks"  # locks: see cells
-BOOKS="pioneer-days dragons-blood travels-in-morocco"
+BOOKS=${BOOKS:-pioneer-days dragons-blood travels-in-morocco}  # BOOKS=... splits a lane across cores
 
 cells() {  # cells TASK LENGTH "DEPTHS" BOOK POLICIES...   (SAMPLES prompts per depth, default 1)
   local task=$1 length=$2 depths=$3 book=$4
@@ -141,7 +141,7 @@ needle_32k_samples_lane() {  # a second sample (1: "pillow", a word no book uses
   wait
 }
 
-BOOKS64=${BOOKS64:-dragons-blood travels-in-morocco}  # the books long enough for 64k (pioneer-days holds 59k tokens)
+BOOKS64=${BOOKS64-dragons-blood travels-in-morocco}  # the books long enough for 64k (pioneer-days holds 59k tokens)
 needle_64k_lane() {
   local book
   for book in $BOOKS64; do cells needle 65536 0.5 "$book" streaming+memory; done

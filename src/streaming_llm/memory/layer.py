@@ -243,8 +243,11 @@ class LayerMemory:
         config = self.config
         queries = query[..., -config.score_queries :, :]
         self._update_query_hint(queries, layer.seen_tokens)
+        centring_queries = None  # position-free, un-rotated once: the mean and the centred scores read them
         if config.query_centering != "none":
-            self.query_mean.add(self._position_free(query, layer.seen_tokens))
+            free = self._position_free(query, layer.seen_tokens)
+            self.query_mean.add(free)
+            centring_queries = free[..., -config.score_queries :, :]
         available = self.store.recallable(layer.seen_tokens)
         if config.recall_blocks == 0 or available == 0:
             return None
@@ -253,7 +256,7 @@ class LayerMemory:
             raise ValueError("memory_score_with='keys' needs this forward's keys: pass current_keys to recall()")
         if self.score_observer is not None:
             self.score_observer(query, first, available, layer.seen_tokens)
-        selection = self._select(queries, current_keys, first, available, layer.seen_tokens)
+        selection = self._select(queries, current_keys, first, available, layer.seen_tokens, centring_queries)
         counts = self.lru.fetch(self.store, selection, query.shape[-1], query.device, layer.dtype)
         for name, value in counts.items():
             self.counters[name] += value
@@ -284,28 +287,30 @@ class LayerMemory:
         return self.strategy.shift_keys(vectors, -torch.arange(seen_tokens - length, seen_tokens))
 
     def _scoring_vectors(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int,
-                         seen_tokens: int, centred: bool = False) -> torch.Tensor:
+                         seen_tokens: int, centring_queries: torch.Tensor | None = None) -> torch.Tensor:
         """``(H_kv, L, D)`` vectors the summaries are scored with: this forward's last queries,
         rotated so that a position-free key scores as if placed at ``first - 1``, or
-        (``score_with="keys"``) its last keys, position-free like the stored ones."""
+        (``score_with="keys"``) its last keys, position-free like the stored ones, or, given
+        ``centring_queries`` (the last queries, position-free), those centred (:meth:`centred_vectors`)."""
         if self.config.score_with == "keys":
             # content against content: both position-free, so the match does not depend on distance
             return self._position_free(current_keys[..., -self.config.score_queries :, :], seen_tokens)[0]
         length = queries.shape[-2]
-        if centred:
-            return self.centred_vectors(queries, self.query_mean.mean, first, seen_tokens)
+        if centring_queries is not None:
+            return self.centred_vectors(centring_queries, self.query_mean.mean, first, seen_tokens)
         at_distance = self.strategy.shift_keys(queries, torch.full((length,), -(first - 1), dtype=torch.long))
         return self._grouped(at_distance)
 
-    def centred_vectors(self, queries: torch.Tensor, mean: torch.Tensor, first: int, seen_tokens: int) -> torch.Tensor:
-        """``(H_kv, L, D)``: ``queries`` ``(1, H_q, L, D)`` minus ``mean`` ``(H_q, D)`` (position-free),
-        each then rotated to its distance from ``first - 1``, where the recalled keys are scored."""
-        length = queries.shape[-2]
-        free = self._position_free(queries, seen_tokens) - mean.to(queries.dtype)[None, :, None, :]
-        return self._grouped(self.strategy.shift_keys(free, torch.arange(seen_tokens - length, seen_tokens) - (first - 1)))
+    def centred_vectors(self, free_queries: torch.Tensor, mean: torch.Tensor, first: int, seen_tokens: int) -> torch.Tensor:
+        """``(H_kv, L, D)``: ``free_queries`` ``(1, H_q, L, D)`` (this forward's last queries with RoPE
+        undone) minus ``mean`` ``(H_q, D)``, each then rotated back to its position's distance from
+        ``first - 1``, where the recalled keys are scored."""
+        length = free_queries.shape[-2]
+        centred = free_queries - mean.to(free_queries.dtype)[None, :, None, :]
+        return self._grouped(self.strategy.shift_keys(centred, torch.arange(seen_tokens - length, seen_tokens) - (first - 1)))
 
     def _select(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int, available: int,
-                seen_tokens: int) -> torch.Tensor:
+                seen_tokens: int, centring_queries: torch.Tensor | None = None) -> torch.Tensor:
         """Store indices ``(H_kv, k)`` of the blocks to recall: the last selection while it is
         younger than ``recall_interval`` forwards, else the top-scored (see :meth:`_scoring_vectors`)."""
         config = self.config
@@ -315,10 +320,11 @@ class LayerMemory:
             return self._selection
         k = min(config.recall_blocks, available)
         centring = config.query_centering
-        scores = self._scores(queries, current_keys, first, available, seen_tokens, centring == "mean")
+        scores = self._scores(queries, current_keys, first, available, seen_tokens,
+                              centring_queries if centring == "mean" else None)
         if centring == "split":  # the first half by the plain queries, the rest by the centred ones
             plain = self._top(scores, (k + 1) // 2)
-            centred = self._scores(queries, current_keys, first, available, seen_tokens, True)
+            centred = self._scores(queries, current_keys, first, available, seen_tokens, centring_queries)
             centred.scatter_(-1, plain.to(centred.device), float("-inf"))
             selection = torch.cat([plain, self._top(centred, k - plain.shape[-1])], dim=-1)
         else:
@@ -330,9 +336,9 @@ class LayerMemory:
         return selection
 
     def _scores(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int, available: int,
-                seen_tokens: int, centred: bool) -> torch.Tensor:
+                seen_tokens: int, centring_queries: torch.Tensor | None) -> torch.Tensor:
         """``(H_kv, N)`` scores of the first ``available`` blocks (see :meth:`_scoring_vectors`)."""
-        vectors = self._scoring_vectors(queries, current_keys, first, seen_tokens, centred)
+        vectors = self._scoring_vectors(queries, current_keys, first, seen_tokens, centring_queries)
         scores = self.summarizer.score(self.summaries.first(available), vectors)
         if self.score_adjust is not None:
             scores = self.score_adjust(scores, self.store)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import json
 from typing import Any
 
 from .adms import ADMSConfig
@@ -73,25 +71,14 @@ def get_policy_config_class(policy: str) -> type[PolicyConfig]:
 
 
 def non_default_params(policy: str, params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` of ``policy`` without those at their default value, compared as JSON (a stored
-    list equals a default tuple). A job's key hashes these, so a parameter added later with a
+    """``params`` of ``policy`` without those at their default value
+    (:meth:`PolicyConfig.non_default`). A job's key hashes these, so a parameter added later with a
     default leaves every earlier record's key as it was. An unknown policy's are returned whole."""
     try:
-        defaults = _default_params_as_json(policy)
+        config_class = get_policy_config_class(policy)
     except ValueError:
         return dict(params)
-    return {k: v for k, v in params.items() if k not in defaults or _as_json(v) != defaults[k]}
-
-
-@functools.cache
-def _default_params_as_json(policy: str) -> dict[str, str]:
-    """Each default parameter of ``policy`` as JSON, built once: a job's key is read for every
-    unit, several times, and a default config validates (a memory wrapper builds its layer rule)."""
-    return {k: _as_json(v) for k, v in get_policy_config_class(policy)().to_dict().items()}
-
-
-def _as_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+    return config_class.non_default(params)
 
 
 def is_bounded(policy: str) -> bool:

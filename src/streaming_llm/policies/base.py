@@ -10,6 +10,8 @@ plus one line in ``streaming_llm.policies.REGISTRY``.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -138,12 +140,19 @@ class PolicyConfig:
         return [(f.name, _type_name(types_[f.name]), f.default) for f in dataclasses.fields(cls)]
 
     @classmethod
+    def non_default(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` without those at their default value, compared as JSON (a stored list equals a
+        default tuple); names the policy does not know are kept."""
+        defaults = _defaults_as_json(cls)
+        return {k: v for k, v in params.items() if k not in defaults or _as_json(v) != defaults[k]}
+
+    @classmethod
     def table_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        """The parameters a table row shows: the sizing and legend ones, and every one that differs
-        from the default, so two runs that differ never read alike (all are in the records)."""
-        defaults = cls().to_dict()
+        """The parameters a table row shows: the sizing and legend ones, and every known one that
+        differs from the default, so two runs that differ never read alike (all are in the records)."""
         always = {*cls.size_fields, *cls.label_fields}
-        return {k: v for k, v in params.items() if k in always or (k in defaults and defaults[k] != v)}
+        differing = cls.non_default(params).keys() & _defaults_as_json(cls).keys()
+        return {k: v for k, v in params.items() if k in always or k in differing}
 
     @classmethod
     def legend(cls, params: dict[str, Any]) -> str:
@@ -189,3 +198,14 @@ class PolicyConfig:
     def build_layer_policies(self, num_layers: int) -> list[LayerPolicy]:
         """Fresh per-layer policies for one cache; override when layers share state."""
         return [self.build_layer_policy(i, num_layers) for i in range(num_layers)]
+
+
+@functools.cache
+def _defaults_as_json(config_class: type[PolicyConfig]) -> dict[str, str]:
+    """Each default parameter of ``config_class`` as JSON, built once: a job's key is read for every
+    unit, several times, and a default config validates (a memory wrapper builds its layer rule)."""
+    return {k: _as_json(v) for k, v in config_class().to_dict().items()}
+
+
+def _as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
