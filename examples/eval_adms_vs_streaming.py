@@ -30,7 +30,7 @@ import typing
 from pathlib import Path
 
 from streaming_llm.adms_cache import ADMSConfig
-from streaming_llm.evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_reuse
+from streaming_llm.evaluation.jobs import Job, RunSettings, StreamSource, Workspace, eval_store, run_or_reuse
 from streaming_llm.evaluation.runs import RunSpec
 from streaming_llm.models import DEFAULT_MODEL, DTYPES
 from streaming_llm.report.comparison import readable_text, write_pair_report
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = jobs_from_args(args)
         output_dir = Path(args.output_dir)
         workspace = Workspace()
-        records = [run_or_reuse(job, output_dir / "runs", workspace, force=args.force, progress=not args.quiet)
+        store = eval_store(output_dir / "runs")
+        records = [run_or_reuse(job, store, workspace, force=args.force, progress=not args.quiet)
                    for job in jobs]
     except (ValueError, OSError, ImportError) as error:
         print(f"eval_adms_vs_streaming: error: {error}", file=sys.stderr)

@@ -18,7 +18,7 @@ from .cli_args import (add_executor_arguments, add_run_arguments, apply_set, exe
                        memory_target)
 from .data import DEFAULT_TEXT, list_builtin_texts, load_text
 from .experiment import add_experiment_parser
-from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, run_or_reuse
+from .evaluation.jobs import Job, RunSettings, StreamSource, Workspace, eval_store, run_or_reuse
 from .evaluation.runs import SUMMARY_COLUMNS, RunSpec
 from .policies import ALIASES, get_policy_config_class, list_policies, names_help
 from .policies.atskv.cli import add_train_relevance_parser
@@ -77,10 +77,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     jobs = _eval_jobs(args)
     output_dir = Path(args.output_dir) if args.output_dir else None
     workspace = Workspace()
+    store = eval_store(output_dir / "runs") if output_dir else None
     records = []
     for job in jobs:
-        record = run_or_reuse(job, output_dir / "runs" if output_dir else None, workspace, force=args.force,
-                              progress=not args.quiet)
+        record = run_or_reuse(job, store, workspace, force=args.force, progress=not args.quiet)
         records.append(record)
         if args.json:
             print(json.dumps({k: v for k, v in record.items() if k not in ("nll", "cache_tokens_per_step")}), flush=True)

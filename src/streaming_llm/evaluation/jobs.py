@@ -217,10 +217,11 @@ def eval_store(runs_dir: str | Path) -> RunStore:
     return record_store(runs_dir, RECORD_FIELDS)
 
 
-def run_or_reuse(job: Job, runs_dir: Path | None, workspace: Workspace, *, force: bool = False,
+def run_or_reuse(job: Job, store: RunStore | None, workspace: Workspace, *, force: bool = False,
                  progress: bool = True) -> dict[str, Any]:
-    """The record of ``job``: read from ``runs_dir/<key>.json`` when it exists (unless ``force``),
-    else run it and write it there atomically before returning."""
-    if runs_dir is None:
+    """The record of ``job``: read from ``store`` (:func:`eval_store`, one for all of a command's
+    jobs: it scans its folder for old-form records once) when it is there (unless ``force``), else
+    run it and write it there atomically before returning. ``store=None`` keeps nothing."""
+    if store is None:
         return execute_job(job, workspace, progress=progress)
-    return eval_store(runs_dir).get_or_run(job.key, lambda: execute_job(job, workspace, progress=progress), force)[0]
+    return store.get_or_run(job.key, lambda: execute_job(job, workspace, progress=progress), force)[0]
