@@ -208,6 +208,14 @@ guided_lane() {
   for book in $BOOKS; do SAMPLES=3 cells needle 8192 0.5 "$book" "$GUIDED"; done  # the up-to-8k target
 }
 
+ppl_guided_lane() {  # the guided recall's perplexity over 16k tokens of each book (the ppl lane's records are reused)
+  local book
+  for book in $BOOKS; do
+    $CLI eval --quiet --text "builtin:$book" --num-tokens 16384 --chunk-size 256 $BYTES \
+      --output-dir "$OUT/ppl-16k-$book" --policy "$STREAMING" streaming+memory "$GUIDED"
+  done
+}
+
 needle_32k_three_lane() {  # three samples per book at 32k, the default and 8-bit summaries (tenth session)
   local book
   for book in $BOOKS; do SAMPLES=3 cells needle 32768 0.5 "$book" streaming+memory; done
@@ -221,7 +229,7 @@ placement_lane() {  # InfLLM's one distance for every recalled token against the
 }
 
 # LANES picks lanes (default all); each resumes from its records.
-for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle atskv_needle_long atskv_needle_32k atskv_passkey_32k others_long full_8k needle_long needle_32k_samples needle_64k blocks16 summary8 summary8_long needle_32k_three needle_64k_samples placement guided}; do
+for lane in ${LANES:-ppl ppl_wikitext short depths samples samples_long edges long atskv_long atskv_needle atskv_needle_long atskv_needle_32k atskv_passkey_32k others_long full_8k needle_long needle_32k_samples needle_64k blocks16 summary8 summary8_long needle_32k_three needle_64k_samples placement guided ppl_guided}; do
   ${lane}_lane > "$OUT/logs/$lane${LOG_TAG:+-$LOG_TAG}.log" 2>&1 &  # LOG_TAG: two runs of one lane, side by side
 done
 wait

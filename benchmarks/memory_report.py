@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from streaming_llm.policies import non_default_params
 
 
 def read_records(root: Path) -> list[dict]:
@@ -96,8 +97,9 @@ def ppl_table(records: list[dict]) -> list[str]:
     for r in rows:
         hit_rate, moved, passive = _memory_columns(r)
         params = r.get("params", {})
+        differing = non_default_params(r["policy"], params)  # a row with other memory options must not read alike
         shown = {k: v for k, v in params.items() if k in ("start_size", "recent_size") or k in (
-            "memory_representatives", "memory_summary", "memory_summary_bits", "memory_placement")}
+            "memory_representatives", "memory_summary", "memory_summary_bits", "memory_placement") or k in differing}
         lines.append(
             f"| {_book(r)} | {r['policy']} | {shown} | {r['tokens']} | {r['ppl']:.3f} | {r['tok_per_s']:.1f} | "
             f"{r['cache_bytes_max'] / 2**20:.2f} | {passive} | {hit_rate} | {moved} | "
