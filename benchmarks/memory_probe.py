@@ -100,7 +100,7 @@ class BlockRanks:
 
     def _observer(self, index: int):
         def observe(query, first, available, seen_tokens):
-            self.means[index].add(self.memories[index]._position_free(query, seen_tokens))
+            self.means[index].add(self.memories[index].position_free(query, seen_tokens))
             self.last[index] = (query, first, available, seen_tokens)
         return observe
 
@@ -131,8 +131,8 @@ class BlockRanks:
 
             def vectors(qs, centred):
                 if centred:
-                    return memory.centred_vectors(memory._position_free(qs, seen), mean, first, seen)
-                return memory._scoring_vectors(qs, None, first, seen)
+                    return memory.centred_vectors(memory.position_free(qs, seen), mean, first, seen)
+                return memory.scoring_vectors(qs, None, first, seen)
 
             summaries = memory.summaries.first(available)
             scores = {

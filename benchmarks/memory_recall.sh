@@ -19,7 +19,7 @@ STREAMING="streaming:start_size=4,recent_size=508"
 BYTES="--cache-bytes $STREAMING"
 CLI=".venv/bin/streaming-llm"
 mkdir -p "$OUT/logs/locks"  # locks: see cells
-BOOKS=${BOOKS:-pioneer-days dragons-blood travels-in-morocco}  # BOOKS=... splits a lane across cores
+BOOKS=${BOOKS-pioneer-days dragons-blood travels-in-morocco}  # BOOKS=... splits a lane across cores; BOOKS="" runs none (as BOOKS64)
 
 cells() {  # cells TASK LENGTH "DEPTHS" BOOK POLICIES...   (SAMPLES prompts per depth, default 1)
   local task=$1 length=$2 depths=$3 book=$4

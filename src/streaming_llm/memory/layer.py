@@ -245,7 +245,7 @@ class LayerMemory:
         self._update_query_hint(queries, layer.seen_tokens)
         centring_queries = None  # position-free, un-rotated once: the mean and the centred scores read them
         if config.query_centering != "none":
-            free = self._position_free(query, layer.seen_tokens)
+            free = self.position_free(query, layer.seen_tokens)
             self.query_mean.add(free)
             centring_queries = free[..., -config.score_queries :, :]
         available = self.store.recallable(layer.seen_tokens)
@@ -278,15 +278,15 @@ class LayerMemory:
             # nothing offloaded yet (the KV head count is not known and no block needs a hint), or a
             # summary that never reads it: un-rotating the queries cost a RoPE pass every forward
             return
-        self.query_hint = self._grouped(self._position_free(queries, seen_tokens)).float().mean(dim=1)
+        self.query_hint = self._grouped(self.position_free(queries, seen_tokens)).float().mean(dim=1)
 
-    def _position_free(self, vectors: torch.Tensor, seen_tokens: int) -> torch.Tensor:
+    def position_free(self, vectors: torch.Tensor, seen_tokens: int) -> torch.Tensor:
         """``(1, H, L, D)`` queries or keys of this forward (rotated at positions ``seen - L .. seen - 1``)
         with RoPE undone."""
         length = vectors.shape[-2]
         return self.strategy.shift_keys(vectors, -torch.arange(seen_tokens - length, seen_tokens))
 
-    def _scoring_vectors(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int,
+    def scoring_vectors(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int,
                          seen_tokens: int, centring_queries: torch.Tensor | None = None) -> torch.Tensor:
         """``(H_kv, L, D)`` vectors the summaries are scored with: this forward's last queries,
         rotated so that a position-free key scores as if placed at ``first - 1``, or
@@ -294,7 +294,7 @@ class LayerMemory:
         ``centring_queries`` (the last queries, position-free), those centred (:meth:`centred_vectors`)."""
         if self.config.score_with == "keys":
             # content against content: both position-free, so the match does not depend on distance
-            return self._position_free(current_keys[..., -self.config.score_queries :, :], seen_tokens)[0]
+            return self.position_free(current_keys[..., -self.config.score_queries :, :], seen_tokens)[0]
         length = queries.shape[-2]
         if centring_queries is not None:
             return self.centred_vectors(centring_queries, self.query_mean.mean, first, seen_tokens)
@@ -312,7 +312,7 @@ class LayerMemory:
     def _select(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int, available: int,
                 seen_tokens: int, centring_queries: torch.Tensor | None = None) -> torch.Tensor:
         """Store indices ``(H_kv, k)`` of the blocks to recall: the last selection while it is
-        younger than ``recall_interval`` forwards, else the top-scored (see :meth:`_scoring_vectors`)."""
+        younger than ``recall_interval`` forwards, else the top-scored (see :meth:`scoring_vectors`)."""
         config = self.config
         self.counters["recall_forwards"] += 1
         if self._selection is not None and self._selection_age + 1 < config.recall_interval:
@@ -337,8 +337,8 @@ class LayerMemory:
 
     def _scores(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int, available: int,
                 seen_tokens: int, centring_queries: torch.Tensor | None) -> torch.Tensor:
-        """``(H_kv, N)`` scores of the first ``available`` blocks (see :meth:`_scoring_vectors`)."""
-        vectors = self._scoring_vectors(queries, current_keys, first, seen_tokens, centring_queries)
+        """``(H_kv, N)`` scores of the first ``available`` blocks (see :meth:`scoring_vectors`)."""
+        vectors = self.scoring_vectors(queries, current_keys, first, seen_tokens, centring_queries)
         scores = self.summarizer.score(self.summaries.first(available), vectors)
         if self.score_adjust is not None:
             scores = self.score_adjust(scores, self.store)
