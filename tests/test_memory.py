@@ -269,13 +269,56 @@ def test_a_guide_layer_chooses_the_recall_of_the_layers_after_it():
     assert recalled(follower, needle) and not recalled(follower, sink)
 
 
+def asked_and_crowd_layer(recall_blocks: int, last_query_blocks: int):
+    """A layer whose store holds a key only a forward's last query looks for (block 3) and a key
+    its three other queries look for (block 8), after one forward of four queries; returns the
+    layer and the two positions. The keys lie in RoPE's slowest pair of dimensions, so the few
+    positions between the queries do not turn them."""
+    torch.manual_seed(13)
+    tokens, asked, crowd = 8 * 12 + 4, 8 * 3 + 2, 8 * 8 + 6
+    keys, values = torch.randn(1, HEADS, tokens, DIM) * 0.1, torch.randn(1, HEADS, tokens, DIM)
+    asked_direction, crowd_direction = torch.zeros(DIM), torch.zeros(DIM)
+    asked_direction[DIM // 2 - 1], crowd_direction[DIM // 2 - 2] = 1.0, 1.0
+    keys[0, :, asked], keys[0, :, crowd] = 4 * asked_direction, 4 * crowd_direction
+    layer = memory_layer(recent=4, block_size=8, recall_blocks=recall_blocks, score_queries=4,
+                         last_query_blocks=last_query_blocks)
+    feed(layer, keys, values)
+    layer.update(torch.randn(1, HEADS, 4, DIM), torch.randn(1, HEADS, 4, DIM))
+    free = torch.stack([crowd_direction] * 3 + [asked_direction]) * 8  # (4, D): the last query asks
+    positions = torch.arange(layer.seen_tokens - 4, layer.seen_tokens)
+    query = ROPE.shift_keys(free[None, None].expand(1, 2 * HEADS, 4, DIM).contiguous(), positions)
+    layer.recall(query, active_slots=8)
+    return layer, asked, crowd
+
+
+def test_last_query_blocks_recall_what_the_last_query_asks_for_beside_what_the_chunk_wants():
+    layer, asked, crowd = asked_and_crowd_layer(recall_blocks=1, last_query_blocks=0)
+    assert recalled(layer, crowd) and not recalled(layer, asked)  # three queries outvote the last
+    layer, asked, crowd = asked_and_crowd_layer(recall_blocks=1, last_query_blocks=1)
+    assert recalled(layer, asked) and not recalled(layer, crowd)
+    layer, asked, crowd = asked_and_crowd_layer(recall_blocks=2, last_query_blocks=1)
+    assert recalled(layer, asked) and recalled(layer, crowd)
+    assert [int(head[0][0]) // 8 for head in layer.memory.selected_positions()] == [3] * HEADS  # the last query's first
+
+
+def test_guided_last_query_blocks_follow_the_guides_last_query_sum(model, token_stream):
+    memory = {**MEMORY, "guide_layers": "0-0", "last_query_blocks": 1}
+    with make_cache(model, "streaming", start_size=4, recent_size=28, memory=memory) as cache:
+        logits = stream(model, cache, token_stream[:, :150], chunk=7)
+        guide, follower = (layer.memory for layer in cache.layers)
+        sums = guide.guide.published
+        assert set(sums) == {"main", "last"} and torch.isfinite(logits).all()
+        first_choice = int(sums["last"].argmax())
+        assert all(int(row[0]) == first_choice for row in follower._selection)  # the last-query pick leads
+
+
 def test_guide_layers_run_on_a_model_and_followers_recall_alike_in_every_head(model, token_stream):
     memory = {**MEMORY, "guide_layers": "0-0"}
     with make_cache(model, "streaming", start_size=4, recent_size=28, memory=memory) as cache:
         logits = stream(model, cache, token_stream[:, :150], chunk=7)
         guide, follower = (layer.memory for layer in cache.layers)
         assert guide.guide is follower.guide and guide.guide.followers == {1} and torch.isfinite(logits).all()
-        published = guide.guide.published
+        published = guide.guide.published["main"]
         expected = published.topk(MEMORY["recall_blocks"]).indices.sort().values
         assert all(torch.equal(row.sort().values, expected) for row in follower._selection)
     with make_cache(model, "streaming", start_size=4, recent_size=28, memory=MEMORY) as cache:
@@ -455,6 +498,9 @@ def test_equal_memory_counts_the_recall_slots(model):
     ({"guide_layers": "13"}, "memory_guide_layers must be 'FIRST-LAST'"),
     ({"guide_layers": "1-0"}, "memory_guide_layers must be 'FIRST-LAST'"),
     ({"guide_layers": "0-0", "query_centering": "split"}, "memory_query_centering='split' scores twice"),
+    ({"last_query_blocks": 5}, "memory_last_query_blocks must be <= memory_recall_blocks .4.; got 5"),
+    ({"last_query_blocks": 1, "score_with": "keys"}, "memory_last_query_blocks splits the recall"),
+    ({"last_query_blocks": -1}, "memory_last_query_blocks must be an integer >= 0"),
     ({"guide_layers": "0-1", "block_size": 8}, "must end before the model's last layer with memory .layer 1."),
 ])
 def test_bad_memory_parameters_are_named(model, memory, match):

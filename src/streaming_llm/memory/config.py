@@ -81,6 +81,14 @@ class MemoryConfig:
         layer after them, which recall the blocks the guides' summed scores rank first (see
         :mod:`.guide`). Must end before the model's last layer; only for policies that evict alike
         in every layer and head (streaming, sliding_window), and not with ``query_centering="split"``.
+    last_query_blocks:
+        Of the ``recall_blocks``, how many a forward chooses by its last query alone (with
+        ``guide_layers``, by the guides' last-query sum); the rest by its last ``score_queries``
+        queries, among the blocks not chosen yet (0 = off, every block by ``score_queries``). Why:
+        a question's last token finds the block it asks about where 64 queries do not (the guided
+        recall with ``score_queries=1``), but a chunk scored by one query recalls for that query
+        only, and the chunk's other tokens, whose predictions perplexity counts, lose. Only with
+        ``score_with="queries"`` and ``query_centering`` ``"none"`` or ``"mean"``; at most ``recall_blocks``.
     """
 
     block_size: int = 64
@@ -100,6 +108,7 @@ class MemoryConfig:
     store_dtype: Literal["model", "int8"] = "model"
     score_queries: int = 64
     guide_layers: str | None = None
+    last_query_blocks: int = 0
 
     def __post_init__(self) -> None:
         check_int("memory_block_size", self.block_size, 1)
@@ -139,6 +148,14 @@ class MemoryConfig:
             if self.query_centering == "split":
                 raise ValueError("memory_guide_layers sums one score per block and layer; memory_query_centering='split' "
                                  "scores twice: use 'none' or 'mean' with it")
+        check_int("memory_last_query_blocks", self.last_query_blocks, 0)
+        if self.last_query_blocks > self.recall_blocks:
+            raise ValueError(f"memory_last_query_blocks must be <= memory_recall_blocks ({self.recall_blocks}); "
+                             f"got {self.last_query_blocks}")
+        if self.last_query_blocks and (self.score_with != "queries" or self.query_centering == "split"):
+            raise ValueError("memory_last_query_blocks splits the recall between the last query and the scoring queries: "
+                             "it needs memory_score_with='queries' and memory_query_centering 'none' or 'mean'; "
+                             f"got memory_score_with={self.score_with!r}, memory_query_centering={self.query_centering!r}")
 
     @property
     def device_blocks(self) -> int:

@@ -57,19 +57,21 @@ class RecallGuide:
 
     def reset(self) -> None:
         """Forget the sums (a new stream)."""
-        self.current: torch.Tensor | None = None  # this forward's sum so far
-        self.published: torch.Tensor | None = None  # the last complete sum: (N,) per store block
+        self.current: dict[str, torch.Tensor] = {}  # per channel, this forward's sum so far
+        self.published: dict[str, torch.Tensor] = {}  # per channel, the last complete sum: (N,) per store block
 
-    def adjust(self, layer_index: int, scores: torch.Tensor) -> torch.Tensor:
+    def adjust(self, layer_index: int, scores: torch.Tensor, channel: str = "main") -> torch.Tensor:
         """``scores`` ``(H_kv, N)`` of layer ``layer_index`` as it should rank them: a guide's own
-        (added to the sum), a follower's re-ranked by the guides' sum, anyone else's unchanged."""
-        published = self.published  # read before the last guide replaces it with this forward's
+        (added to the sum), a follower's re-ranked by the guides' sum, anyone else's unchanged.
+        ``channel``: which sum; a layer that scores twice per forward (``memory_last_query_blocks``:
+        by its last query and by all its scoring queries) keeps the two choices apart."""
+        published = self.published.get(channel)  # read before the last guide replaces it with this forward's
         if self.first <= layer_index <= self.last:
             mass = scores.float().sum(dim=0)
-            same_store = self.current is not None and self.current.shape == mass.shape
-            self.current = self.current + mass if same_store else mass
+            current = self.current.get(channel)
+            self.current[channel] = current + mass if current is not None and current.shape == mass.shape else mass
             if layer_index == self.last:
-                self.published, self.current = self.current, None
+                self.published[channel] = self.current.pop(channel)
         if layer_index not in self.followers or published is None:
             return scores
         n = min(published.shape[-1], scores.shape[-1])

@@ -325,8 +325,11 @@ class LayerMemory:
         if centring == "split":  # the first half by the plain queries, the rest by the centred ones
             plain = self._top(scores, (k + 1) // 2)
             centred = self._scores(queries, current_keys, first, available, seen_tokens, centring_queries)
-            centred.scatter_(-1, plain.to(centred.device), float("-inf"))
-            selection = torch.cat([plain, self._top(centred, k - plain.shape[-1])], dim=-1)
+            selection = self._top_after(plain, centred, k)
+        elif config.last_query_blocks and queries.shape[-2] > 1:  # some by the last query alone, the rest by all (one query: the same)
+            last = self._scores(queries[..., -1:, :], current_keys, first, available, seen_tokens,
+                                None if centring_queries is None else centring_queries[..., -1:, :], channel="last")
+            selection = self._top_after(self._top(last, min(config.last_query_blocks, k)), scores, k)
         else:
             selection = self._top(scores, k)
         for index in selection.unique().tolist():
@@ -336,13 +339,19 @@ class LayerMemory:
         return selection
 
     def _scores(self, queries: torch.Tensor, current_keys: torch.Tensor | None, first: int, available: int,
-                seen_tokens: int, centring_queries: torch.Tensor | None) -> torch.Tensor:
-        """``(H_kv, N)`` scores of the first ``available`` blocks (see :meth:`scoring_vectors`)."""
+                seen_tokens: int, centring_queries: torch.Tensor | None, channel: str = "main") -> torch.Tensor:
+        """``(H_kv, N)`` scores of the first ``available`` blocks (see :meth:`scoring_vectors`);
+        ``channel``: the guide's sum they join and are ranked by."""
         vectors = self.scoring_vectors(queries, current_keys, first, seen_tokens, centring_queries)
         scores = self.summarizer.score(self.summaries.first(available), vectors)
         if self.score_adjust is not None:
             scores = self.score_adjust(scores, self.store)
-        return scores if self.guide is None else self.guide.adjust(self.layer_index, scores)
+        return scores if self.guide is None else self.guide.adjust(self.layer_index, scores, channel)
+
+    def _top_after(self, chosen: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
+        """``chosen`` ``(H_kv, j)`` then the ``k - j`` best of ``scores`` among the blocks not chosen."""
+        scores = scores.scatter(-1, chosen.to(scores.device), float("-inf"))
+        return torch.cat([chosen, self._top(scores, k - chosen.shape[-1])], dim=-1)
 
     def _top(self, scores: torch.Tensor, k: int) -> torch.Tensor:
         """Store indices ``(H_kv, k)`` (CPU) of the ``k`` best-scored blocks, per KV head or
